@@ -1,0 +1,304 @@
+"""The inversion objective of Mahendran & Vedaldi (2015), independent of any representation.
+
+For a batch of optimisation variables ``u`` (mean-subtracted images in σ-normalised units, so a
+natural image has ‖u‖ ≈ 1) the energy of sample ``n`` is::
+
+    E_n(u) = ‖M ⊙ (Φ(m + σ·u_n) − Φ₀ₙ)‖² / ‖M ⊙ Φ₀ₙ‖²      (data term, masked)
+           + λ_α,n · Σ |u_n|^α                             (α-norm prior, α = 6)
+           + λ_V,n · Σ_ij ((u_{i,j+1} − u_ij)² + (u_{i+1,j} − u_ij)²)^{β/2}   (TV^β, over channels)
+
+where ``m`` is the representation's ``mean_pixel`` (0–255 scale) and σ the average Euclidean
+norm of natural images of this size. Every term is per sample, so N images × R restarts × K
+regularisation settings are one batch whose gradients stay independent.
+
+Scaling with image size
+-----------------------
+σ is proportional to √(C·H·W): the authors' value 27098.12 for a mean-subtracted 227×227×3 image
+is ≈ 68.9 grey levels RMS per pixel (:data:`SIGMA_PER_PIXEL`). The paper's heuristics
+λ_α ≈ σ^α/(N·B^α) and λ_V ≈ σ^β/(N·(aB)^β) (N pixels, B = 128, a = 1%) therefore scale as
+N^{α/2−1} and N^{β/2−1}. The defaults (:func:`default_lambdas`) are the paper's fixed values
+(λ_α = 2.16e8, λ_V = 5 at β = 2) at the reference size 227×227×3, carried to other sizes by that
+law, so the balance between the terms does not change with the image size. The literal heuristic
+(``preset="heuristic"``) is available; with a = 1 % it gives λ_V ≈ 8.7e3 at 227×227×3, three
+orders of magnitude above the paper's own choice, so it is not the default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import InvalidTargetError
+
+#: σ of the authors' code: norm of a mean-subtracted 227×227×3 natural image.
+SIGMA_REFERENCE = 27098.12
+#: The reference image size (pixels × channels) σ and the paper's λ values refer to.
+REFERENCE_NUMEL = 227 * 227 * 3
+#: RMS grey level per pixel implied by :data:`SIGMA_REFERENCE` (≈ 68.9).
+SIGMA_PER_PIXEL = SIGMA_REFERENCE / math.sqrt(REFERENCE_NUMEL)
+#: The paper's fixed λ_α (Table 1, Table 3).
+PAPER_LAMBDA_ALPHA = 2.16e8
+#: The paper's three TV weights λ₁, λ₂, λ₃ (β = 2); Table 1 uses λ₂ = 5.
+PAPER_LAMBDA_TV = (0.5, 5.0, 50.0)
+#: Dynamic range B and gradient fraction a of the paper's heuristics.
+HEURISTIC_B = 128.0
+HEURISTIC_A = 0.01
+
+
+def natural_sigma(shape: Sequence[int]) -> float:
+    """σ for images of ``shape = (C, H, W)``: the average norm of a natural image that size."""
+    c, h, w = shape[-3:]
+    return SIGMA_PER_PIXEL * math.sqrt(c * h * w)
+
+
+def heuristic_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
+                      B: float = HEURISTIC_B, a: float = HEURISTIC_A) -> tuple[float, float]:
+    """The paper's heuristics, literally: ``(σ^α/(N·B^α), σ^β/(N·(aB)^β))`` with N = C·H·W."""
+    c, h, w = shape[-3:]
+    n = c * h * w
+    sigma = natural_sigma(shape)
+    return sigma ** alpha / (n * B ** alpha), sigma ** beta / (n * (a * B) ** beta)
+
+
+def default_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
+                    lambda_tv_reference: float = PAPER_LAMBDA_TV[1],
+                    lambda_alpha_reference: float = PAPER_LAMBDA_ALPHA,
+                    preset: str = "paper") -> tuple[float, float]:
+    """Default ``(λ_α, λ_V)`` for images of ``shape = (C, H, W)``.
+
+    ``preset="paper"``: the heuristics calibrated so that at 227×227×3 with α = 6, β = 2 they give
+    the paper's values (``lambda_*_reference``); other sizes follow the heuristics' law
+    (λ ∝ N^{p/2−1} for exponent p), other exponents the heuristic with the same calibration.
+    ``preset="heuristic"``: :func:`heuristic_lambdas` as written in the paper.
+    """
+    if preset == "heuristic":
+        return heuristic_lambdas(shape, alpha, beta)
+    if preset != "paper":
+        raise ValueError(f"preset must be 'paper' or 'heuristic', not {preset!r}")
+    h_alpha, h_tv = heuristic_lambdas(shape, alpha, beta)
+    h_alpha_ref, h_tv_ref = heuristic_lambdas((3, 227, 227), 6.0, 2.0)
+    lam_alpha = h_alpha * (lambda_alpha_reference / h_alpha_ref)
+    lam_tv = h_tv * (lambda_tv_reference / h_tv_ref)
+    return float(lam_alpha), float(lam_tv)
+
+
+def alpha_norm(u: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
+    """Σ |u|^α per sample. ``u``: ``(N, C, H, W)`` → ``(N,)``."""
+    if alpha % 2 == 0:
+        return u.pow(int(alpha)).flatten(1).sum(1)
+    return u.abs().pow(alpha).flatten(1).sum(1)
+
+
+def total_variation(u: torch.Tensor, beta: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
+    """TV^β per sample, summed over colour channels. ``u``: ``(N, C, H, W)`` → ``(N,)``.
+
+    Differences use replicate padding (the last row/column has zero forward difference), as the
+    authors' code does. For β < 2 a tiny ``eps`` inside the power keeps the gradient finite at 0.
+    """
+    dx = torch.zeros_like(u)
+    dy = torch.zeros_like(u)
+    dx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+    dy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+    sq = dx * dx + dy * dy
+    if beta == 2.0:
+        return sq.flatten(1).sum(1)
+    return (sq + eps).pow(beta / 2.0).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks on the code
+# ----------------------------------------------------------------------------------------------
+
+def central_window_mask(code_shape: Sequence[int], n: int) -> torch.Tensor:
+    """Mask selecting the central ``n × n`` spatial window of a code, all channels.
+
+    Args:
+        code_shape: ``(D, h, w)`` (a batch axis in front is ignored).
+        n: window side, clipped to the map; for even excess the window sits at the lower index.
+    Returns:
+        ``(1, D, h, w)`` float mask of 0/1.
+    """
+    d, h, w = code_shape[-3:]
+    mask = torch.zeros(1, d, h, w)
+    nh, nw = min(n, h), min(n, w)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    mask[..., top:top + nh, left:left + nw] = 1.0
+    return mask
+
+
+def channel_mask(code_shape: Sequence[int], channels: str | slice | Sequence[int]) -> torch.Tensor:
+    """Mask selecting a subset of channels of a code, all positions.
+
+    Args:
+        code_shape: ``(D, ...)`` with the channel axis first (batch axis excluded).
+        channels: ``"first-half"``, ``"second-half"``, ``"a:b"`` (Python slice syntax), a slice,
+            or a list of channel indices.
+    Returns:
+        ``(1, *code_shape)`` float mask of 0/1.
+    """
+    shape = tuple(code_shape)
+    d = shape[0]
+    sel = parse_channels(channels, d)
+    mask = torch.zeros((1,) + shape)
+    mask[:, sel] = 1.0
+    if mask.sum() == 0:
+        raise ValueError(f"channel selection {channels!r} selects no channel of {d}")
+    return mask
+
+
+def parse_channels(channels: str | slice | Sequence[int], d: int) -> slice | list[int]:
+    """Turn a channel selection (see :func:`channel_mask`) into a slice or index list for ``d`` channels."""
+    if isinstance(channels, slice):
+        return channels
+    if isinstance(channels, str):
+        s = channels.strip().lower()
+        if s == "first-half":
+            return slice(0, d // 2)
+        if s == "second-half":
+            return slice(d // 2, d)
+        if ":" in s:
+            a, b = s.split(":", 1)
+            try:
+                return slice(int(a) if a else None, int(b) if b else None)
+            except ValueError:
+                pass
+        raise ValueError(f"channel selection {channels!r} not understood: use first-half, second-half or a:b")
+    idx = [int(i) for i in channels]
+    bad = [i for i in idx if not -d <= i < d]
+    if bad:
+        raise ValueError(f"channel indices {bad} out of range for {d} channels")
+    return idx
+
+
+# ----------------------------------------------------------------------------------------------
+# The objective
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class EnergyTerms:
+    """Per-sample terms of the objective, each ``(N,)``: ``data`` (normalised, masked loss),
+    ``alpha`` and ``tv`` (already multiplied by their λ), and ``total``."""
+
+    data: torch.Tensor
+    alpha: torch.Tensor
+    tv: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.data + self.alpha + self.tv
+
+
+def _per_sample(value: float | Sequence[float] | torch.Tensor, n: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64).flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"{name} has {t.numel()} values for a batch of {n}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative, got {t.tolist()}")
+    return t.clone()
+
+
+def check_target(target: torch.Tensor) -> None:
+    """Raise :class:`InvalidTargetError` for a target code containing NaN/Inf or all zeros."""
+    if not torch.is_tensor(target):
+        raise InvalidTargetError(f"target code must be a tensor, got {type(target).__name__}")
+    bad = ~torch.isfinite(target)
+    if bad.any():
+        raise InvalidTargetError(
+            f"target code contains {int(bad.sum())} NaN/Inf values of {target.numel()}; "
+            "it cannot be inverted (check how it was computed or loaded)")
+    norms = target.flatten(1).norm(dim=1) if target.dim() > 1 else target.norm().view(1)
+    if (norms == 0).any():
+        raise InvalidTargetError("target code is all zeros (the normalised loss is undefined); "
+                                 "a blank image has no HOG/SIFT code worth inverting")
+
+
+class InversionObjective(nn.Module):
+    """E(u) for a batch, see the module docstring.
+
+    Args:
+        representation: module mapping ``(N, C, H, W)`` images on 0–255 to codes ``(N, ...)``;
+            frozen (its parameters get no gradient).
+        target: target codes ``(N, ...)``, the shape the representation produces.
+        image_shape: ``(C, H, W)`` of the images to reconstruct.
+        lambda_alpha, lambda_tv: scalars or per-sample sequences of length N.
+        alpha, beta: exponents (6 and 2 by default).
+        mask: optional 0/1 tensor broadcastable to ``target`` (see :func:`central_window_mask`,
+            :func:`channel_mask`); the loss normalisation uses the masked target only.
+        sigma: image-norm scale; defaults to :func:`natural_sigma` of ``image_shape``.
+        mean_pixel: value(s) on 0–255 added to σ·u before Φ; defaults to the representation's
+            ``mean_pixel`` attribute (128 if absent).
+    """
+
+    def __init__(self, representation: nn.Module, target: torch.Tensor, image_shape: Sequence[int],
+                 lambda_alpha: float | Sequence[float] | torch.Tensor = PAPER_LAMBDA_ALPHA,
+                 lambda_tv: float | Sequence[float] | torch.Tensor = PAPER_LAMBDA_TV[1],
+                 alpha: float = 6.0, beta: float = 2.0, mask: torch.Tensor | None = None,
+                 sigma: float | None = None, mean_pixel: float | Sequence[float] | None = None):
+        super().__init__()
+        check_target(target)
+        self.representation = representation
+        for p in representation.parameters():
+            p.requires_grad_(False)
+        n = target.shape[0]
+        self.image_shape = tuple(int(s) for s in image_shape[-3:])
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.sigma = float(sigma) if sigma is not None else natural_sigma(self.image_shape)
+        if mean_pixel is None:
+            mean_pixel = getattr(representation, "mean_pixel", 128.0)
+        mp = torch.as_tensor(mean_pixel, dtype=torch.float32).flatten()
+        if mp.numel() not in (1, self.image_shape[0]):
+            raise ValueError(f"mean_pixel has {mp.numel()} values for {self.image_shape[0]} channels")
+        self.register_buffer("mean_pixel", mp.view(1, -1, 1, 1))
+        self.register_buffer("target", target.detach().clone())
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=target.dtype)
+            try:
+                torch.broadcast_shapes(mask.shape, target.shape)
+            except RuntimeError:
+                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the "
+                                 f"code's shape {tuple(target.shape)}") from None
+            mask = mask.expand_as(target).clone()
+            if (mask.flatten(1).sum(1) == 0).any():
+                raise ValueError("mask selects nothing of the code")
+            self.register_buffer("mask", mask)
+            norm_target = target * mask
+        else:
+            self.mask = None
+            norm_target = target
+        check_target(norm_target)
+        self.register_buffer("target_norm2", norm_target.flatten(1).pow(2).sum(1))
+        self.register_buffer("lambda_alpha", _per_sample(lambda_alpha, n, "lambda_alpha").float())
+        self.register_buffer("lambda_tv", _per_sample(lambda_tv, n, "lambda_tv").float())
+
+    @property
+    def batch_size(self) -> int:
+        return self.target.shape[0]
+
+    def image(self, u: torch.Tensor) -> torch.Tensor:
+        """Optimisation variable ``(N, C, H, W)`` → image on the 0–255 scale, m + σ·u."""
+        return self.mean_pixel.to(u.dtype) + self.sigma * u
+
+    def data_term(self, code: torch.Tensor) -> torch.Tensor:
+        """Normalised (masked) squared distance ``(N,)`` of codes ``(N, ...)`` to the target."""
+        diff = code - self.target.to(code.dtype)
+        if self.mask is not None:
+            diff = diff * self.mask.to(code.dtype)
+        return diff.flatten(1).pow(2).sum(1) / self.target_norm2.to(code.dtype)
+
+    def forward(self, u: torch.Tensor) -> EnergyTerms:
+        """Per-sample energy terms of ``u`` ``(N, C, H, W)``."""
+        code = self.representation(self.image(u))
+        if code.shape != self.target.shape:
+            raise ValueError(f"representation gives codes of shape {tuple(code.shape)}, "
+                             f"target has {tuple(self.target.shape)}")
+        data = self.data_term(code)
+        reg_a = self.lambda_alpha.to(u.dtype) * alpha_norm(u, self.alpha)
+        reg_v = self.lambda_tv.to(u.dtype) * total_variation(u, self.beta)
+        return EnergyTerms(data=data, alpha=reg_a, tv=reg_v)
