@@ -260,10 +260,12 @@ class InversionObjective(nn.Module):
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=target.dtype)
             try:
-                torch.broadcast_shapes(mask.shape, target.shape)
+                ok = torch.broadcast_shapes(mask.shape, target.shape) == target.shape
             except RuntimeError:
+                ok = False
+            if not ok:
                 raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the "
-                                 f"code's shape {tuple(target.shape)}") from None
+                                 f"code's shape {tuple(target.shape)}")
             mask = mask.expand_as(target).clone()
             if (mask.flatten(1).sum(1) == 0).any():
                 raise ValueError("mask selects nothing of the code")

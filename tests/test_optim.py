@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from preimage.objective import InversionObjective
+from preimage.optim import gaussian_init, make_schedule, minimise
+from preimage.representations.base import Representation
+
+
+class Pool(Representation):
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+
+def _problem(n=2):
+    torch.manual_seed(1)
+    img = torch.rand(n, 1, 16, 16) * 255
+    rep = Pool()
+    return InversionObjective(rep, rep(img), (1, 16, 16), lambda_alpha=1e3, lambda_tv=0.5)
+
+
+def test_schedules():
+    assert sum(n for n, _ in make_schedule("shallow")) == 800
+    assert sum(n for n, _ in make_schedule("cnn")) == 400
+    s = make_schedule("shallow", 80)
+    assert [n for n, _ in s] == [20, 20, 20, 20] and [f for _, f in s] == [1.0, 0.1, 0.01, 0.001]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("fast")
+
+
+def test_gaussian_init_has_unit_norm_and_is_seeded():
+    u = gaussian_init(3, (1, 8, 8), seed=5)
+    assert torch.allclose(u.flatten(1).norm(dim=1), torch.ones(3))
+    assert torch.equal(u, gaussian_init(3, (1, 8, 8), seed=5))
+    assert not torch.equal(u, gaussian_init(3, (1, 8, 8), seed=6))
+
+
+def test_momentum_update_matches_the_papers_rule_with_reset():
+    obj = _problem(1)
+    u0 = gaussian_init(1, (1, 16, 16))
+    lr = 1e-4
+    res = minimise(obj, u0, lr=lr, schedule=[(2, 1.0), (1, 0.1)], progress=False)
+    # by hand: v ← 0.9 v − η ∇E; u ← u + v; v reset when the rate changes
+    u = u0.clone()
+    v = torch.zeros_like(u)
+    for eta, reset in ((lr, False), (lr, False), (lr * 0.1, True)):
+        if reset:
+            v.zero_()
+        uu = u.clone().requires_grad_(True)
+        obj(uu).total.sum().backward()
+        v = 0.9 * v - eta * uu.grad
+        u = u + v
+    assert torch.allclose(res.u, u, atol=1e-6, rtol=1e-5)
+
+
+def test_descends_and_batches():
+    obj = _problem(2)
+    u0 = gaussian_init(2, (1, 16, 16))
+    with torch.no_grad():
+        e0 = obj(u0).total
+    res = minimise(obj, u0, lr=1e-2, schedule=[(60, 1.0), (20, 0.1)], progress=False)
+    assert all(e < float(a) * 0.5 for e, a in zip(res.energy["total"], e0))
+    assert res.history.shape[1] == 2
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    obj = _problem(1)
+    u0 = gaussian_init(1, (1, 16, 16))
+    full = minimise(obj, u0, lr=1e-2, schedule=[(30, 1.0), (30, 0.1)], progress=False)
+    ck = tmp_path / "state.safetensors"
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, u):
+        if step == 40:
+            raise Stop
+
+    with pytest.raises(Stop):
+        minimise(obj, u0, lr=1e-2, schedule=[(30, 1.0), (30, 0.1)], progress=False, checkpoint=ck,
+                 checkpoint_every=10, callback=interrupt)
+    resumed = minimise(obj, u0, lr=1e-2, schedule=[(30, 1.0), (30, 0.1)], progress=False, checkpoint=ck,
+                       checkpoint_every=10)
+    assert resumed.resumed_from == 30  # the last checkpoint before the interruption
+    assert torch.allclose(resumed.u, full.u, atol=1e-6)
+    # different settings do not pick up the foreign checkpoint
+    other = minimise(obj, u0, lr=2e-2, schedule=[(30, 1.0), (30, 0.1)], progress=False, checkpoint=ck)
+    assert other.resumed_from == 0
+
+
+def test_divergence_is_reported_clearly():
+    obj = _problem(1)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        minimise(obj, gaussian_init(1, (1, 16, 16)), lr=1e6, schedule=[(50, 1.0)], progress=False)
+
+
+@pytest.mark.parametrize("method", ["adam", "lbfgs"])
+def test_other_methods_descend(method):
+    obj = _problem(1)
+    u0 = gaussian_init(1, (1, 16, 16))
+    with torch.no_grad():
+        e0 = float(obj(u0).total)
+    lr = 1e-3 if method == "adam" else 1.0
+    res = minimise(obj, u0, lr=lr, schedule=[(40, 1.0)], method=method, progress=False)
+    assert res.energy["total"][0] < e0 * 0.5
