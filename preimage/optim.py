@@ -112,17 +112,19 @@ def _load_checkpoint(path: Path, fp: str):
         return None
 
 
-def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float,
+def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Sequence[float],
              schedule: str | Sequence[tuple[int, float]] = "shallow", iterations: int | None = None,
              method: str = "momentum", momentum: float = 0.9, progress: bool | str = True,
              record_every: int = 10, checkpoint: str | Path | None = None, checkpoint_every: int = 50,
-             callback: Callable[[int, torch.Tensor], None] | None = None) -> OptimResult:
+             callback: Callable[[int, torch.Tensor], None] | None = None,
+             stop_on_divergence: bool = True) -> OptimResult:
     """Minimise ``objective`` from ``u0`` ``(N, C, H, W)``.
 
     Args:
         objective: an :class:`InversionObjective` for a batch of N.
         u0: initial variables (see :func:`gaussian_init`).
-        lr: base learning rate η (multiplied by each stage's factor).
+        lr: base learning rate η (multiplied by each stage's factor); with ``method="momentum"``
+            a sequence of N values gives each sample its own rate (batched learning-rate sweeps).
         schedule: ``"shallow"`` (800 its), ``"cnn"`` (400 its) or ``[(iterations, factor), …]``.
         iterations: rescale the schedule to this many iterations.
         method: ``"momentum"`` (the paper's), ``"adam"`` or ``"lbfgs"``.
@@ -130,6 +132,9 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float,
         record_every: record per-sample energies every this many iterations.
         checkpoint: file to save/resume state (safetensors), written atomically.
         callback: called as ``callback(iteration, u)`` after each recorded iteration.
+        stop_on_divergence: raise ``FloatingPointError`` when a sample's energy stops being
+            finite; when False the sample is left non-finite (its energy reads NaN/Inf) and the
+            others go on (learning-rate sweeps).
     Returns:
         :class:`OptimResult`.
     """
@@ -139,6 +144,13 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float,
     total = sum(n for n, _ in stages)
     if method not in ("momentum", "adam", "lbfgs"):
         raise ValueError(f"unknown method {method!r}; valid: momentum, adam, lbfgs")
+    lr_t = torch.as_tensor(lr, dtype=u0.dtype, device=u0.device).flatten()
+    if lr_t.numel() not in (1, u0.shape[0]) or not torch.isfinite(lr_t).all() or (lr_t <= 0).any():
+        raise ValueError(f"lr must be positive and finite, one value or one per sample; got {lr}")
+    if lr_t.numel() > 1 and method != "momentum":
+        raise ValueError("per-sample learning rates need method='momentum'")
+    lr_b = lr_t.view(-1, *([1] * (u0.dim() - 1)))
+    lr = float(lr_t[0]) if lr_t.numel() == 1 else lr_t.tolist()
     settings = dict(lr=lr, stages=stages, method=method, momentum=momentum, shape=list(u0.shape),
                     init=float(u0.double().sum()), lambda_tv=objective.lambda_tv.tolist(),
                     lambda_alpha=objective.lambda_alpha.tolist(), target=float(objective.target.double().sum()))
@@ -171,7 +183,7 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float,
         it = stage_end
         if stage_end <= start:
             continue
-        eta = lr * factor
+        eta = lr_b * factor if method == "momentum" else lr * factor
         if method == "momentum":
             if stage_start >= start:  # momentum reset at each rate change (kept when resuming mid-stage)
                 v.zero_()
@@ -198,11 +210,11 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float,
             if step % record_every == 0 or step == total:
                 with torch.no_grad():
                     tot = last_terms.total.detach().cpu()
-                if not torch.isfinite(tot).all():
+                if stop_on_divergence and not torch.isfinite(tot).all():
                     bar.close()
                     raise FloatingPointError(
                         f"the objective diverged (non-finite) at iteration {step}; lower the learning rate "
-                        f"(now {lr:g})")
+                        f"(now {lr})")
                 history.append(tot)
                 bar.set_postfix(E=f"{float(tot.mean()):.4g}", data=f"{float(last_terms.data.detach().mean()):.4g}")
                 if callback is not None:
