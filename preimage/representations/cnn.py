@@ -1,0 +1,326 @@
+"""Any layer of any CNN as a representation: :class:`CNNLayer`, :func:`list_layers`,
+:func:`paper_lambda_tv`.
+
+The model's preprocessing lives in the model: its ``forward`` takes an RGB batch ``(B, 3, H, W)``
+on 0–255 (e.g. :func:`preimage.models.caffenet.caffenet`, the MobileNets and the wrapped
+torchvision models of :func:`preimage.models.get_model`). Optional model attributes:
+``input_size`` ``(H, W)``, ``mean_pixel`` (RGB, 0–255), ``layer_names`` (the layers to list).
+
+Layer names: the module's qualified name for a module call (``conv1``, ``features.3``; a module
+called several times is ``name``, ``name#2``, …) and the ``torch.fx`` node name for a function or
+method call (``add``, ``flatten``); fx node names are accepted as aliases, and so is the qualified
+name of a container module (its last operation, e.g. ``layer3`` of a ResNet).
+
+The model is truncated with ``torch.fx``: a new graph whose output is the chosen node, dead code
+removed, so nothing after the layer is computed. A model that cannot be traced falls back to a
+forward hook on the named module that stops the forward pass (module names only, no receptive
+fields).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import UnknownNameError
+from ..models.receptive_field import ReceptiveField, TracedModel, model_input_size, trace_model
+from .base import Representation
+
+__all__ = ["CNNLayer", "LayerInfo", "list_layers", "paper_lambda_tv", "PAPER_LAMBDA_TV"]
+
+#: The paper's TV weights λ_V (β = 2) for CNN-A: layers 1–6, 7–12, 13–20 of 20 (Table 3, bold).
+#: (The authors' code uses twice these numbers, 1/10/100, because its TV term has a factor 1/2.)
+PAPER_LAMBDA_TV = (0.5, 5.0, 50.0)
+
+
+def paper_lambda_tv(relative_depth: float) -> float:
+    """The paper's TV weight λ_V for a layer at ``relative_depth`` in ``[0, 1]``.
+
+    Relative depth is ``k / N`` for the k-th (1-based) of the N invertible layers of a network
+    (:attr:`LayerInfo.depth`; for CaffeNet the 20 layers of the paper). The paper uses λ = 0.5
+    for layers 1–6 of 20 (depth ≤ 0.30), λ = 5 for layers 7–12 (0.30 < depth ≤ 0.60) and λ = 50
+    for layers 13–20 (depth > 0.60); other networks are mapped by the same thresholds on depth.
+    """
+    d = float(relative_depth)
+    if not (0.0 <= d <= 1.0):
+        raise ValueError(f"relative depth must be in [0, 1], got {relative_depth}")
+    if d <= 6 / 20 + 1e-9:
+        return PAPER_LAMBDA_TV[0]
+    if d <= 12 / 20 + 1e-9:
+        return PAPER_LAMBDA_TV[1]
+    return PAPER_LAMBDA_TV[2]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of a network, for an input of the model's ``input_size``.
+
+    ``output_shape``: ``(C, h, w)`` (or ``(D,)``), batch axis excluded; ``channels``: ``C``;
+    ``rf_size``/``rf_stride``/``rf_start``: ``(rows, cols)`` in input pixels, see
+    :class:`~preimage.models.receptive_field.ReceptiveField` (``rf_size`` is its ``total_size``;
+    ``None`` when unknown);
+    ``index``: 1-based rank among the listed layers; ``depth``: ``index / count`` in ``(0, 1]``.
+    """
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    channels: int
+    rf_size: tuple[float, float] | None
+    rf_stride: tuple[float, float] | None
+    rf_start: tuple[float, float] | None
+    index: int
+    depth: float
+
+    @property
+    def lambda_tv(self) -> float:
+        """The paper's TV weight for this depth (:func:`paper_lambda_tv`)."""
+        return paper_lambda_tv(self.depth)
+
+
+# --------------------------------------------------------------------------------------------
+# listing
+# --------------------------------------------------------------------------------------------
+
+def _op_type(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _traced_infos(t: TracedModel) -> list[LayerInfo]:
+    names = t.valid_names()
+    infos = []
+    for k, name in enumerate(names, 1):
+        node = t.node(name)
+        shape = tuple(t.shapes[node.name][1:])
+        rf: ReceptiveField | None = t.rfs.get(node.name)
+        infos.append(LayerInfo(
+            name=name, type=_op_type(node, t.gm), output_shape=shape,
+            channels=int(shape[0]) if shape else 1,
+            rf_size=rf.total_size if rf else None, rf_stride=rf.stride if rf else None,
+            rf_start=rf.start if rf else None, index=k, depth=k / len(names)))
+    return infos
+
+
+def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+
+
+def _hooked_infos(model: nn.Module, input_size) -> list[LayerInfo]:
+    """Listing for models fx cannot trace: leaf modules in call order, shapes from a dummy run."""
+    hw = model_input_size(model, input_size)
+    calls: list[tuple[str, nn.Module, tuple]] = []
+    counts: dict[str, int] = {}
+    handles = []
+    for name, mod in _leaf_modules(model):
+        def hook(m, inp, out, name=name):
+            if torch.is_tensor(out):
+                k = counts[name] = counts.get(name, 0) + 1
+                calls.append((name if k == 1 else f"{name}#{k}", m, tuple(out.shape[1:])))
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            model(torch.full((1, 3, *hw), 128.0, device=dev))
+    finally:
+        for h in handles:
+            h.remove()
+    listed = getattr(model, "layer_names", None)
+    if listed:
+        calls = [c for c in calls if c[0] in set(listed)]
+    n = len(calls)
+    return [LayerInfo(name, type(m).__name__, shape, int(shape[0]) if shape else 1, None, None, None, k, k / n)
+            for k, (name, m, shape) in enumerate(calls, 1)]
+
+
+def list_layers(model: nn.Module, input_size=None) -> list[LayerInfo]:
+    """Every layer of ``model`` in execution order, as :class:`LayerInfo` (name, op type,
+    output shape for a ``(1, 3, H, W)`` input, channels, receptive field, relative depth).
+
+    ``input_size``: ``(H, W)``, default the model's ``input_size`` attribute (else 224). Only the
+    names in the model's ``layer_names`` attribute are listed when it has one (CaffeNet: the
+    paper's 20 layers). Runs the model once on a dummy image.
+    """
+    try:
+        t = trace_model(model, input_size)
+    except _TRACE_ERRORS:
+        return _hooked_infos(model, input_size)
+    return _traced_infos(t)
+
+
+# errors symbolic_trace raises for models with data-dependent control flow and the like
+_TRACE_ERRORS = (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError,
+                 ValueError, AssertionError)
+
+
+# --------------------------------------------------------------------------------------------
+# the representation
+# --------------------------------------------------------------------------------------------
+
+class _StopForward(Exception):
+    """Raised by the forward hook once the layer has been computed (hook fallback only)."""
+
+    def __init__(self, output):
+        super().__init__("stop")
+        self.output = output
+
+
+def _truncate(gm: fx.GraphModule, target: fx.Node) -> fx.GraphModule:
+    """A new GraphModule computing ``gm`` up to ``target`` (its output), dead code removed."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = graph.node_copy(node, lambda n: env[n])
+        if node is target:
+            break
+    graph.output(env[target])
+    out = fx.GraphModule(gm, graph, class_name="Truncated")
+    out.graph.eliminate_dead_code()
+    out.graph.lint()
+    out.recompile()
+    out.delete_all_unused_submodules()
+    return out
+
+
+def _freeze(model: nn.Module) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return None
+
+
+class CNNLayer(Representation):
+    """Layer ``layer`` of ``model``: RGB ``(B, 3, H, W)`` on 0–255 → activations ``(B, C, h, w)``
+    (or ``(B, D)`` after a flatten).
+
+    ``model``: an ``nn.Module`` whose forward takes RGB 0–255 images (it is switched to eval mode
+    and its parameters are frozen in place: ``requires_grad=False``). ``layer``: see the module
+    docstring; an unknown name raises :class:`~preimage.errors.UnknownNameError` listing the valid
+    ones. ``input_size`` ``(H, W)`` and ``mean_pixel`` (RGB on 0–255) default to the model's
+    attributes (``None`` and 128 when absent).
+
+    Attributes: ``layer``, ``output_shape`` (code shape without batch for ``input_size``),
+    ``receptive_field`` (or ``None``), ``info`` (:class:`LayerInfo`), ``relative_depth``,
+    ``lambda_tv`` (the paper's TV weight for that depth), ``traced`` (False in hook mode).
+    The module moves with ``.to(device)`` and stays in eval mode.
+    """
+
+    input_channels = (3,)
+
+    def __init__(self, model: nn.Module, layer: str, input_size: tuple[int, int] | None = None,
+                 mean_pixel: float | Sequence[float] | None = None):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"CNNLayer needs an nn.Module, got {type(model).__name__}")
+        _freeze(model)
+        size = input_size if input_size is not None else getattr(model, "input_size", None)
+        self.input_size = None if size is None else model_input_size(model, size)
+        mp = mean_pixel if mean_pixel is not None else getattr(model, "mean_pixel", 128.0)
+        self.mean_pixel = tuple(float(v) for v in mp) if isinstance(mp, (tuple, list)) else float(mp)
+        self.layer = str(layer)
+        self._active = False
+        device = _model_device(model)
+
+        try:
+            traced = trace_model(model, self.input_size)
+        except _TRACE_ERRORS as e:
+            traced = None
+            trace_error = e
+        if traced is not None:
+            self.traced = True
+            node = traced.node(self.layer)  # UnknownNameError listing the valid names
+            self.net = _truncate(traced.gm, node)
+            _freeze(self.net)
+            infos = {traced.node(i.name): i for i in _traced_infos(traced)}
+            self.output_shape = tuple(traced.shapes[node.name][1:])
+            self.receptive_field = traced.rfs.get(node.name)
+            self.info = infos.get(node) or self._unlisted_info(traced, node, traced.layer_name.get(node, self.layer))
+        else:
+            self.traced = False
+            modules = dict(model.named_modules())
+            if self.layer not in modules or not self.layer:
+                valid = [n for n, _ in _leaf_modules(model)] + [n for n in modules if n and n not in
+                                                                dict(_leaf_modules(model))]
+                raise UnknownNameError(
+                    f"unknown layer {layer!r} for {type(model).__name__} (not traceable by torch.fx: "
+                    f"{type(trace_error).__name__}; only module names work); valid layers: " + ", ".join(valid))
+            self.net = model
+            self._hook = modules[self.layer].register_forward_hook(self._stop_hook)
+            self.receptive_field = None
+            self.output_shape = None
+            # depth from the module's rank among the leaf modules (definition order): listing the
+            # layers in call order would run the whole model
+            leaves = [n for n, _ in _leaf_modules(model)]
+            k = leaves.index(self.layer) + 1 if self.layer in leaves else len(leaves)
+            shape: tuple = ()
+            if self.input_size is not None:
+                with torch.no_grad():
+                    shape = tuple(self(torch.full((1, 3, *self.input_size), 128.0,
+                                                  device=device or torch.device("cpu"))).shape[1:])
+                self.output_shape = shape
+            self.info = LayerInfo(self.layer, type(modules[self.layer]).__name__, shape,
+                                  int(shape[0]) if shape else 0, None, None, None, k, k / max(len(leaves), 1))
+        self.relative_depth = self.info.depth if self.info is not None else 1.0
+        self.lambda_tv = paper_lambda_tv(self.relative_depth)
+        if device is not None:
+            self.to(device)
+
+    @staticmethod
+    def _unlisted_info(t: TracedModel, node: fx.Node, name: str) -> LayerInfo:
+        """Info for a node not in the model's ``layer_names``: depth from the listed layers before it."""
+        order = {n: i for i, n in enumerate(t.gm.graph.nodes)}
+        listed = t.valid_names()
+        k = sum(1 for n in listed if order[t.node(n)] <= order[node])
+        shape = tuple(t.shapes[node.name][1:])
+        rf = t.rfs.get(node.name)
+        return LayerInfo(name, _op_type(node, t.gm), shape, int(shape[0]) if shape else 1,
+                         rf.total_size if rf else None, rf.stride if rf else None, rf.start if rf else None,
+                         max(k, 1), max(k, 1) / max(len(listed), 1))
+
+    def _stop_hook(self, module, inputs, output):
+        if self._active:
+            raise _StopForward(output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, 3, H, W)`` RGB on 0–255 → the layer's activations ``(B, ...)``."""
+        self.check_input(x)
+        if self.traced:
+            return self.net(x)
+        self._active = True
+        try:
+            self.net(x)
+        except _StopForward as stop:
+            out = stop.output
+        else:
+            raise RuntimeError(f"layer {self.layer!r} was not called during the forward pass")
+        finally:
+            self._active = False
+        if not torch.is_tensor(out):
+            raise TypeError(f"layer {self.layer!r} outputs a {type(out).__name__}, not a tensor")
+        return out
+
+    def train(self, mode: bool = True) -> "CNNLayer":
+        """The wrapped network always stays in eval mode (no dropout, frozen BatchNorm)."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def extra_repr(self) -> str:
+        rf = self.receptive_field
+        rf_s = "" if rf is None else f", receptive_field={tuple(int(v) if float(v).is_integer() else v for v in rf.total_size)}"
+        return (f"layer={self.layer!r}, output_shape={self.output_shape}, input_size={self.input_size}"
+                f"{rf_s}, traced={self.traced}")
