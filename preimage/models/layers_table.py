@@ -23,7 +23,8 @@ def _fmt_pair(p) -> str:
 def format_layers(model, input_size=None) -> str:
     """Table of a model's layers: index, name, op type, output shape ``C×h×w``, channels,
     receptive field size and stride (input pixels; ``a×b`` when rows and columns differ, ``?``
-    when unknown), relative depth and the paper's TV weight for that depth.
+    when unknown, ``-`` for the stride of a single-position output), relative depth and the
+    paper's TV weight for that depth.
 
     ``model``: a name for :func:`preimage.models.get_model` (CaffeNet without weights is built
     with random weights, which do not change the table) or an ``nn.Module`` taking RGB 0–255.
@@ -47,8 +48,10 @@ def format_layers(model, input_size=None) -> str:
     head = ("#", "layer", "type", "output", "channels", "field", "stride", "depth", "λ_TV")
     rows = []
     for i in infos:
+        single = len(i.output_shape) != 3 or tuple(i.output_shape[1:]) == (1, 1)  # one position: no stride
         rows.append((str(i.index), i.name, i.type, "×".join(str(int(v)) for v in i.output_shape),
-                     str(i.channels), _fmt_pair(i.rf_size), _fmt_pair(i.rf_stride), f"{i.depth:.2f}",
+                     str(i.channels), _fmt_pair(i.rf_size), "-" if single else _fmt_pair(i.rf_stride),
+                     f"{i.depth:.2f}",
                      f"{i.lambda_tv:g}"))
     widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(head)]
     right = {0, 4, 5, 6, 7, 8}

@@ -481,8 +481,6 @@ def _rule(node, gm, rfs, shapes, ins, out_shape, whole) -> ReceptiveField | None
             s = _pair(s if s not in (None, [], ()) else k)
             d = _pair(_arg(node, 4, "dilation", 1)) if fn is not F.avg_pool2d and fn is not torch._C._nn.avg_pool2d else (1, 1)
             conv_like = (k, s, _pair(_arg(node, 3, "padding", 0)), d)
-    elif node.op == "call_method" and node.target in ("max_pool2d",):
-        raise _Unknown("Tensor.max_pool2d")
     if conv_like is not None:
         if not rf_in.spatial:
             raise _Unknown(f"{name} on a non-spatial tensor")

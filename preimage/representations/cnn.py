@@ -155,9 +155,9 @@ def list_layers(model: nn.Module, input_size=None) -> list[LayerInfo]:
     return _traced_infos(t)
 
 
-# errors symbolic_trace raises for models with data-dependent control flow and the like
-_TRACE_ERRORS = (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError,
-                 ValueError, AssertionError)
+# symbolic_trace raises many kinds of errors (TraceError for data-dependent control flow,
+# TypeError/AttributeError/… from code that does not accept proxies): any of them → hooks
+_TRACE_ERRORS = (Exception,)
 
 
 # --------------------------------------------------------------------------------------------
