@@ -230,7 +230,10 @@ class CNNLayer(Representation):
         size = input_size if input_size is not None else getattr(model, "input_size", None)
         self.input_size = None if size is None else model_input_size(model, size)
         mp = mean_pixel if mean_pixel is not None else getattr(model, "mean_pixel", 128.0)
-        self.mean_pixel = tuple(float(v) for v in mp) if isinstance(mp, (tuple, list)) else float(mp)
+        try:
+            self.mean_pixel = tuple(float(v) for v in mp)  # per channel (tuple, list, array, tensor)
+        except TypeError:
+            self.mean_pixel = float(mp)
         self.layer = str(layer)
         self._active = False
         device = _model_device(model)
