@@ -79,6 +79,15 @@ def _build_target_rep(args):
     rep_name = args.rep or "hog"
     rep = get_representation(rep_name)
     mode = "rgb" if getattr(args, "colour", False) and rep_name != "dsift" else "grey"
+    size = getattr(args, "image_size", None)
+    if getattr(args, "code", None) and args.image is None and size:
+        try:
+            h, w = (int(v) for v in size.lower().replace("x", ",").split(","))
+        except ValueError:
+            raise PreimageError(f"--image-size must be H,W, got {size!r}") from None
+        img, name = torch.full((3 if mode == "rgb" else 1, h, w), 128.0), Path(args.code).stem
+        rep.check_input(img[None])
+        return rep, img, name, {"rep": rep_name}
     img, name = _load_input(args.image, mode, args.max_side)
     rep.check_input(img[None])
     return rep, img, name, {"rep": rep_name}
@@ -117,8 +126,11 @@ def cmd_invert(args) -> int:
         print(f"{name}: HOGgle relative error {100 * err:.1f}% in {seconds:.2f} s → {out}")
         return 0
 
-    with torch.no_grad():
-        target = rep(img[None])
+    if args.code:
+        target = _load_code(args.code, rep, img)
+    else:
+        with torch.no_grad():
+            target = rep(img[None])
     mask = None
     if args.neighbourhood:
         mask = central_window_mask(target.shape[1:], args.neighbourhood)
@@ -129,13 +141,16 @@ def cmd_invert(args) -> int:
     if lam_tv is None and args.model:
         from .representations.cnn import paper_lambda_tv
         lam_tv = [paper_lambda_tv(rep.relative_depth)]
-    res = invert(rep, img[None], restarts=args.restarts, lambda_tv=lam_tv,
+    res = invert(rep, None if args.code else img[None], target=target if args.code else None,
+                 image_shape=tuple(img.shape), restarts=args.restarts, lambda_tv=lam_tv,
                  lambda_alpha=_parse_floats(args.lambda_alpha), beta=args.beta, iterations=args.iters,
                  lr=args.lr, method=args.optimizer, mask=mask, seed=args.seed, device=args.device,
                  progress=not args.no_progress, checkpoint=out / ".checkpoint" / "state")
     recon = res.reconstructions[0]  # (R, K, C, H, W)
-    imageio.save_image(img, out / "original.png")
-    tiles, captions = [img], ["original"]
+    tiles, captions = [], []
+    if not (args.code and args.image is None):
+        imageio.save_image(img, out / "original.png")
+        tiles, captions = [img], ["original"]
     if info.get("rep") in ("hog", "hogb"):
         from .glyph import hog_glyph
         tiles.append(hog_glyph(target[0].cpu()))
@@ -165,6 +180,24 @@ def cmd_invert(args) -> int:
     best = float(res.relative_errors.min())
     print(f"{name}: relative code error {100 * best:.2f}% (best of {R * K}) in {res.seconds:.1f} s → {out}")
     return 0
+
+
+def _load_code(path: str, rep, img: torch.Tensor) -> torch.Tensor:
+    """A target code saved by `preimage features` (.npy, no pickles), checked against the
+    representation's code shape for an image of ``img``'s size."""
+    import numpy as np
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PreimageError(f"{path}: cannot read a code from this file ({exc}); expected a .npy array") from None
+    code = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    with torch.no_grad():
+        expected = tuple(rep(img[None]).shape[1:])
+    if tuple(code.shape) != expected:
+        raise PreimageError(f"{path}: code of shape {tuple(code.shape)} does not match the {expected} that "
+                            f"this representation gives for a {img.shape[-2]}×{img.shape[-1]} image "
+                            "(pass --image-size H,W or the original image)")
+    return code[None]
 
 
 def cmd_features(args) -> int:
@@ -229,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("invert", help="reconstruct an image from its code")
     add_target(sp)
+    sp.add_argument("--code", help="invert a code saved by `preimage features` (.npy) instead of an image's")
+    sp.add_argument("--image-size", help="H,W of the image to reconstruct from --code (default: IMAGE's size)")
     sp.add_argument("--method", choices=["optim", "hoggle"], default="optim",
                     help="optim: the paper's method (default); hoggle: the paired-dictionary baseline")
     sp.add_argument("--lambda-tv", help="TV weight(s), comma-separated for a batched sweep "

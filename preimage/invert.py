@@ -29,8 +29,8 @@ from .optim import gaussian_init, make_schedule, minimise
 #: Per-representation defaults (class name → settings). Learning rates are in σ-units per unit
 #: gradient of the normalised objective; tuned on the *train* images (see benchmarks/tune_lr.py).
 INVERSION_DEFAULTS: dict[str, dict] = {
-    "HOG": {"schedule": "shallow", "lr": 4e-4},
-    "DenseSIFT": {"schedule": "shallow", "lr": 4e-4},
+    "HOG": {"schedule": "shallow", "lr": 3e-3},
+    "DenseSIFT": {"schedule": "shallow", "lr": 3e-4},
     "CNNLayer": {"schedule": "cnn", "lr": 4e-4},
 }
 FALLBACK_DEFAULTS = {"schedule": "shallow", "lr": 4e-4}

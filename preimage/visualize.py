@@ -23,6 +23,12 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def _font(size: int = 12):
+    """A TrueType font with Greek letters when one is installed (DejaVu), else Pillow's default."""
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
