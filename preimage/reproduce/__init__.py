@@ -58,6 +58,8 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
                    help="Dask scheduler address (default: a LocalCluster on this machine; 'inline': no Dask)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="LocalCluster worker processes (default 1 on ≤ 2 cores, else 2)")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch threads per unit (default 1 per LocalCluster worker)")
     p.add_argument("--images", type=int, default=None, metavar="N", help="eval images for the tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration setting (e.g. shallow_iterations=100); repeatable")
@@ -84,7 +86,7 @@ def cmd_reproduce(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise PreimageError("--workers must be at least 1")
     summary = run(config, args.out, only=args.only, scheduler=args.scheduler, workers=args.workers,
-                  report=not args.no_report)
+                  report=not args.no_report, torch_threads=args.torch_threads)
     print(f"{summary['planned']} units ({summary['already_finished']} reused, {summary['computed']} computed, "
           f"{summary['failed']} failed) in {summary['seconds']:.1f} s"
           + (f"; report: {summary['report']['html']}" if "report" in summary else ""))

@@ -143,7 +143,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "full": Config(),
     "quick": Config(preset="quick", n_images=3, fig_images=2, shallow_size=64, cnn_size=96,
-                    shallow_iterations=40, cnn_iterations=30, batch_images=3, hoggle="tiny",
+                    shallow_iterations=300, cnn_iterations=80, batch_images=3, hoggle="tiny",
                     table3_models=("mobilenet_v2",), max_layers=4, fig1_restarts=3, fig6_restarts=2,
                     fig8_layers=3),
     "tiny": Config(preset="tiny", n_images=2, fig_images=2, shallow_size=32, cnn_size=64,

@@ -8,9 +8,9 @@ process, which alone writes the store (files first, then the row), so a run kill
 loses at most the units in flight, and the next run resumes where it stopped.
 
 Schedulers: the default is a :class:`distributed.LocalCluster` of worker *processes* on this
-machine (``threads_per_worker=1``, ``workers`` of them; each worker's torch gets
-``cpu_count // workers`` threads); ``scheduler="tcp://host:8786"`` connects to an existing
-cluster (the workers need the package and the shared data, ``PREIMAGE_DATA``);
+machine (``threads_per_worker=1``, ``workers`` of them, each with one torch intra-op thread:
+on a shared, busy machine two OpenMP threads per worker were measured 15× slower than one);
+``scheduler="tcp://host:8786"`` connects to an existing cluster (the workers need the package and the shared data, ``PREIMAGE_DATA``);
 ``scheduler="inline"`` computes the units in this process without Dask (debugging, tests).
 """
 
@@ -107,7 +107,8 @@ def _run_inline(store: ResultStore, todo, log, threads: int | None) -> tuple[int
     return done, failed
 
 
-def _run_dask(store: ResultStore, todo, log, scheduler: str | None, workers: int) -> tuple[int, int, dict]:
+def _run_dask(store: ResultStore, todo, log, scheduler: str | None, workers: int,
+              torch_threads: int | None) -> tuple[int, int, dict]:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -118,10 +119,10 @@ def _run_dask(store: ResultStore, todo, log, scheduler: str | None, workers: int
     info: dict = {}
     if scheduler:
         client = Client(scheduler, timeout="60s")
-        threads = None
+        threads = torch_threads
         info = {"scheduler": scheduler, "workers": len(client.scheduler_info().get("workers", {}))}
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = torch_threads or 1
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
         client = Client(cluster)
@@ -164,7 +165,7 @@ def _run_dask(store: ResultStore, todo, log, scheduler: str | None, workers: int
 
 def run(config: Config, out: str | Path, *, only: str | Sequence[str] | None = None,
         scheduler: str | None = None, workers: int | None = None, report: bool = True,
-        log: Callable[[str], None] | None = None) -> dict:
+        torch_threads: int | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) a reproduction into the folder ``out``.
 
     Args:
@@ -174,6 +175,8 @@ def run(config: Config, out: str | Path, *, only: str | Sequence[str] | None = N
         scheduler: ``None`` (LocalCluster here), a Dask scheduler address, or ``"inline"``.
         workers: LocalCluster worker processes (default :func:`default_workers`).
         report: write ``report.html`` / ``report.md`` at the end.
+        torch_threads: torch intra-op threads for each unit (default: 1 on a LocalCluster, left
+            alone on a remote cluster or inline).
         log: progress lines (default: stderr).
     Returns:
         a summary dict: planned, already finished, computed, failed units, seconds, skipped parts,
@@ -213,10 +216,10 @@ def run(config: Config, out: str | Path, *, only: str | Sequence[str] | None = N
             if not todo:
                 pass
             elif scheduler == INLINE:
-                done, failed = _run_inline(store, todo, log, None)
+                done, failed = _run_inline(store, todo, log, torch_threads)
                 cluster_info = {"scheduler": INLINE}
             else:
-                done, failed, cluster_info = _run_dask(store, todo, log, scheduler, workers)
+                done, failed, cluster_info = _run_dask(store, todo, log, scheduler, workers, torch_threads)
         except BaseException:
             status = "interrupted"
             raise
