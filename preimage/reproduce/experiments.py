@@ -153,16 +153,20 @@ PRESETS: dict[str, Config] = {
 }
 
 
+_OPTIONAL_INTS = ("shallow_size", "cnn_size", "shallow_iterations", "cnn_iterations", "max_layers")
+
+
 def _coerce(name: str, text: str, current: Any) -> Any:
     if isinstance(current, tuple) or name in ("shallow_reps", "table3_models"):
         return tuple(t.strip() for t in text.split(",") if t.strip())
-    if text.lower() in ("none", "null", ""):
-        return None
+    if name in _OPTIONAL_INTS:
+        return None if text.lower() in ("none", "null", "") else int(text)
     if isinstance(current, bool):
         return text.lower() in ("1", "true", "yes")
-    if isinstance(current, int) or name in ("shallow_size", "cnn_size", "shallow_iterations", "cnn_iterations",
-                                            "max_layers"):
+    if isinstance(current, int):
         return int(text)
+    if name == "hoggle" and text not in ("default", "tiny", "none"):
+        raise ValueError(text)
     return text
 
 
