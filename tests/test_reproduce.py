@@ -1,0 +1,183 @@
+"""`preimage reproduce`: configuration, the plan of units, the units themselves, the CLI wiring,
+resuming, and (opt-in) the whole --quick run."""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from preimage.errors import PreimageError
+from preimage.reproduce import add_reproduce_parser, cmd_reproduce
+from preimage.reproduce.experiments import (EXPERIMENTS, PRESETS, Config, analogue, build_plan, config_from,
+                                            evenly, layer_lambda, resolve_only, run_unit)
+
+
+def test_resolve_only():
+    assert resolve_only(None) == list(EXPERIMENTS)
+    assert resolve_only("fig4,table1") == ["table1", "fig4"]
+    assert resolve_only("figs") == [e for e in EXPERIMENTS if e.startswith("fig")]
+    assert resolve_only("tables,figure10") == ["table1", "table2", "table3", "fig10"]
+    with pytest.raises(PreimageError, match="unknown experiment"):
+        resolve_only("fig11")
+
+
+def test_config_overrides():
+    c = config_from("quick", ["shallow_iterations=12", "shallow_reps=hog,dsift", "cnn_size=none", "hoggle=none"])
+    assert c.shallow_iterations == 12 and c.shallow_reps == ("hog", "dsift") and c.cnn_size is None
+    assert c.hoggle == "none" and c.preset == "quick"
+    assert config_from("full") == Config()
+    with pytest.raises(PreimageError, match="unknown setting"):
+        config_from("quick", ["nope=1"])
+    with pytest.raises(PreimageError, match="bad value"):
+        config_from("quick", ["n_images=many"])
+    with pytest.raises(PreimageError, match="unknown preset"):
+        config_from("fastest")
+
+
+def test_layer_mapping_helpers():
+    names = [f"b{i}" for i in range(1, 21)]
+    assert analogue(names, 4) == "b4" and analogue(names, 20) == "b20"
+    assert analogue(names[:10], 4) == "b2" and analogue(names[:3], 1) == "b1"
+    assert evenly(names, 4) == ["b1", "b7", "b14", "b20"]
+    assert evenly(names, None) == names and evenly(names, 1) == ["b20"]
+    assert [layer_lambda(names, n) for n in ("b1", "b6", "b7", "b12", "b13", "b20")] == [0.5, 0.5, 5, 5, 50, 50]
+
+
+def test_plan_is_stable_unique_and_complete(shared):
+    cfg = PRESETS["tiny"]
+    p1, p2 = build_plan(cfg), build_plan(cfg)
+    keys = [u.key for u in p1.units]
+    assert keys == [u.key for u in p2.units]                 # deterministic
+    assert len(set(keys)) == len(keys)                       # no duplicates
+    exps = {u.experiment for u in p1.units} | {k.split("/")[0] for k in p1.skipped}
+    assert exps == set(EXPERIMENTS)                          # every experiment planned or explained
+    for u in p1.units:
+        assert u.params["v"] >= 1 and u.kind in ("invert", "codes", "hoggle", "layers")
+        if u.kind == "invert":
+            # one unit = one batched invert call: images × λ set × restarts
+            assert u.params["images"] and u.params["lambda_tv"] and u.params["restarts"] >= 1
+    sub = build_plan(cfg, "fig4,table1")
+    assert {u.experiment for u in sub.units} == {"fig4", "table1"}
+    assert {u.key for u in sub.units} <= set(keys)           # same parameters → same keys
+    other = build_plan(config_from("tiny", ["shallow_iterations=5"]), "fig4")
+    assert other.units[0].key not in set(keys)
+
+
+def test_quick_plan_uses_a_subset_of_layers(shared):
+    p = build_plan(PRESETS["quick"], "table3,fig5")
+    t3 = [u for u in p.units if u.experiment == "table3" and u.kind == "invert"]
+    if not t3:
+        pytest.skip(f"MobileNet unavailable: {p.skipped}")
+    layers = {u.params["rep"]["layer"] for u in t3}
+    assert len(layers) == PRESETS["quick"].max_layers
+    assert all(u.params["lambda_tv"] == [0.5, 5.0, 50.0] for u in t3)
+    assert any("left out" in n for n in p.notes.get("table3", []))
+
+
+def test_missing_model_is_skipped_with_a_reason(shared, monkeypatch):
+    from preimage.reproduce import experiments
+
+    def boom(self, name):
+        raise FileNotFoundError(f"no {name} here")
+    monkeypatch.setattr(experiments._Context, "model", boom)
+    p = build_plan(PRESETS["tiny"], "table3,fig1,fig4")
+    assert "no mobilenet_v2 here" in p.skipped["fig1"]
+    assert "table3" in p.skipped
+    assert [u.experiment for u in p.units] == ["fig4"]
+
+
+def test_invert_unit(shared):
+    plan = build_plan(config_from("tiny", ["shallow_iterations=3"]), "fig4")
+    (u,) = plan.units
+    out = run_unit(u.params, torch_threads=1)
+    m = out["metrics"]
+    assert m["shape"] == [1, 1, 3] and m["iterations"] == 3
+    d = np.asarray(m["distance"])
+    rel = np.asarray(m["relative_error"])
+    assert d.shape == (1, 1, 3) and np.all(np.isfinite(d))
+    np.testing.assert_allclose(d[0, 0] / m["target_norm"][0], rel[0, 0], rtol=1e-4)
+    assert set(out["pngs"]) == {"original_n0", "recon_n0_r0_k0", "recon_n0_r0_k1", "recon_n0_r0_k2"}
+    assert all(a.dtype == np.uint8 and a.shape[:2] == (32, 32) for a in out["pngs"].values())
+    assert out["tensors"]["reconstructions"]["reconstructions"].shape == (1, 1, 3, 1, 32, 32)
+    assert out["timings"]["seconds"] > 0 and ":" in out["worker"]
+    again = run_unit(u.params, torch_threads=1)  # a pure function of the parameters
+    np.testing.assert_allclose(np.asarray(again["metrics"]["distance"]), d, rtol=1e-5)
+
+
+def test_codes_unit_normaliser_matches_metrics(shared):
+    from preimage.metrics import pairwise_normaliser
+    from preimage.representations import get_representation
+    from preimage.reproduce.experiments import load_eval_image
+    plan = build_plan(config_from("tiny", ["shallow_reps=hog", "hoggle=none", "n_images=3"]), "table1")
+    u = next(u for u in plan.units if u.kind == "codes")
+    out = run_unit(u.params)
+    rep = get_representation("hog")
+    codes = [rep(load_eval_image(n, "grey", 32)[None])[0] for n in u.params["images"]]
+    for conv in ("paper", "authors"):
+        assert math.isclose(out["metrics"]["normaliser"][conv], pairwise_normaliser(codes, conv), rel_tol=1e-6)
+
+
+def test_masked_unit_with_receptive_field_box(shared):
+    plan = build_plan(PRESETS["tiny"], "fig8")
+    if not plan.units:
+        pytest.skip(f"MobileNet unavailable: {plan.skipped}")
+    u = plan.units[0]
+    out = run_unit(u.params, torch_threads=1)
+    top, left, bottom, right = out["metrics"]["box"]
+    assert 0 <= top < bottom <= 64 and 0 <= left < right <= 64
+    assert "boxed_n0_r0_k0" in out["pngs"]
+    assert u.params["window"] == 5 and out["metrics"]["target_norm"][0] > 0  # the masked target is not empty
+
+
+def test_cli_wiring(tmp_path):
+    parser = argparse.ArgumentParser(prog="preimage")
+    sub = parser.add_subparsers(dest="command")
+    add_reproduce_parser(sub)
+    args = parser.parse_args(["reproduce", "--quick", "--only", "table1,fig4", "--workers", "2", "--out", str(tmp_path),
+                              "--set", "n_images=2"])
+    assert args.func is cmd_reproduce and args.quick and args.workers == 2 and args.only == "table1,fig4"
+    args = parser.parse_args(["reproduce", "--scheduler", "tcp://10.0.0.1:8786", "--out", "x"])
+    assert args.scheduler == "tcp://10.0.0.1:8786" and not args.quick
+    with pytest.raises(SystemExit):
+        parser.parse_args(["reproduce", "--quick"])  # --out is required
+    bad = parser.parse_args(["reproduce", "--quick", "--preset", "full", "--out", str(tmp_path)])
+    with pytest.raises(PreimageError, match="disagree"):
+        cmd_reproduce(bad)
+
+
+def test_inline_run_resumes_and_reports(shared, tmp_path):
+    from preimage.reproduce.runner import run
+    from preimage.reproduce.store import ResultStore
+    cfg = config_from("tiny", ["shallow_iterations=3"])
+    lines = []
+    s1 = run(cfg, tmp_path, only="fig4,table1", scheduler="inline", torch_threads=1, log=lines.append)
+    assert s1["failed"] == 0 and s1["computed"] == s1["planned"] > 0
+    with ResultStore(tmp_path) as st:
+        stamps = {r["key"]: r["finished_at"] for r in st.rows()}
+    s2 = run(cfg, tmp_path, only="fig4,table1", scheduler="inline", log=lines.append)
+    assert s2["computed"] == 0 and s2["already_finished"] == s1["planned"]
+    with ResultStore(tmp_path) as st:
+        assert {r["key"]: r["finished_at"] for r in st.rows()} == stamps
+        assert len(st.runs()) == 2
+    html = (tmp_path / "report.html").read_text()
+    assert "Table 1" in html and "Figure 4" in html
+
+
+@pytest.mark.slow
+def test_quick_reproduction_under_five_minutes(shared, tmp_path):
+    """The whole `preimage reproduce --quick` on Dask (LocalCluster), timed."""
+    pytest.importorskip("distributed")
+    from preimage.reproduce import main
+    t0 = time.perf_counter()
+    rc = main(["--quick", "--out", str(tmp_path)])
+    seconds = time.perf_counter() - t0
+    assert rc == 0
+    assert seconds < 300, f"--quick took {seconds:.0f} s"
+    html = (tmp_path / "report.html").read_text()
+    for exp in ("Table 1", "Table 2", "Table 3", *(f"Figure {i} " for i in range(1, 11))):
+        assert exp in html
