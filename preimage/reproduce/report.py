@@ -158,6 +158,12 @@ def _rep_label(params: dict) -> str:
     return rep.get("layer") or rep.get("name") or "?"
 
 
+def _short(row: dict, width: int = 14) -> str:
+    """A representation/layer label short enough for a tile caption."""
+    label = _rep_label(row["params"])
+    return label if len(label) <= width else label[:width - 1] + "~"
+
+
 def _err(row: dict, n: int, r: int = 0, k: int = 0) -> str:
     try:
         return f"{100 * row['metrics']['relative_error'][n][r][k]:.1f}%"
@@ -385,7 +391,8 @@ def _fig_restarts(c: Collected, exp: str) -> list[tuple[list, list[str], int]]:
             for ki in range(k):
                 tiles.append(_png(c.store, row, f"recon_n0_r{ri}_k{ki}"))
                 lam = row["params"]["lambda_tv"][ki]
-                caps.append(f"{_rep_label(row['params'])} r{ri} tv={lam:g}: {_err(row, 0, ri, ki)}")
+                caps.append(f"{_short(row)} " + (f"r{ri} " if r > 1 else "") + (f"tv{lam:g} " if k > 1 else "")
+                            + _err(row, 0, ri, ki))
         out.append((tiles, caps, len(tiles)))
     return out
 
@@ -409,7 +416,7 @@ def _figure(c: Collected, exp: str) -> Figure | None:
         tiles, caps = [_png(st, rows[0], "original_n0")], ["original"]
         for row in rows:
             tiles.append(_png(st, row, "recon_n0_r0_k0"))
-            caps.append(f"{_rep_label(row['params'])} beta={row['params']['beta']:g}: {_err(row, 0)}")
+            caps.append(f"{_short(row)} beta={row['params']['beta']:g} {_err(row, 0)}")
         cols = len(tiles)
     elif exp in ("fig5", "fig8"):
         tiles, caps = [_png(st, rows[0], "original_n0")], ["original"]
@@ -419,8 +426,8 @@ def _figure(c: Collected, exp: str) -> Figure | None:
             extra = ""
             if exp == "fig8" and row["metrics"].get("box"):
                 t, l, b, r = row["metrics"]["box"]
-                extra = f" box {b - t}x{r - l}"
-            caps.append(f"{_rep_label(row['params'])} tv={row['params']['lambda_tv'][0]:g}: {_err(row, 0)}{extra}")
+                extra = f" RF{b - t}"
+            caps.append(f"{_short(row)} {_err(row, 0)}{extra}")
         cols = min(len(tiles), 6)
     elif exp == "fig3":
         images: list[str] = []
@@ -460,14 +467,14 @@ def _figure(c: Collected, exp: str) -> Figure | None:
             caps.append("original")
             for row in rows:
                 tiles.append(_png(st, row, f"recon_n{n}_r0_k0"))
-                caps.append(f"{_rep_label(row['params'])} {row['params']['channels']}: {_err(row, n)}")
+                caps.append(f"{_short(row)} {row['params']['channels'].split('-')[0]} {_err(row, n)}")
     elif exp == "fig10":
         row = rows[0]
         n = len(row["params"]["images"])
         cols = n
         tiles = [_png(st, row, f"original_n{i}") for i in range(n)] + \
                 [_png(st, row, f"recon_n{i}_r0_k0") for i in range(n)]
-        caps = ["original"] * n + [f"{_rep_label(row['params'])}: {_err(row, i)}" for i in range(n)]
+        caps = ["original"] * n + [f"{_short(row)} {_err(row, i)}" for i in range(n)]
     else:  # pragma: no cover
         return None
     png = _grid_png(tiles, caps, cols)
