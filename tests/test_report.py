@@ -3,7 +3,6 @@ rendered by headless Chromium (skipped with a reason when it is not installed)."
 
 import base64
 import io
-import json
 import shutil
 import subprocess
 from html.parser import HTMLParser

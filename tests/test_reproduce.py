@@ -3,13 +3,10 @@ resuming, and (opt-in) the whole --quick run."""
 
 import argparse
 import math
-import os
-import sys
 import time
 
 import numpy as np
 import pytest
-import torch
 
 from preimage.errors import PreimageError
 from preimage.reproduce import add_reproduce_parser, cmd_reproduce
