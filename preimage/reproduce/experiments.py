@@ -691,13 +691,15 @@ def load_eval_image(name: str, mode: str, size: int | None):
     return img[:, top:top + size, left:left + size].clamp(0, 255).contiguous()
 
 
-def _model(name: str):
+def _model(name: str, purpose: str = "compute"):
+    """The named network, cached per process; ``purpose="structure"`` gives a separate copy that
+    stays on the CPU (graph tracing, receptive fields) whatever device the units compute on."""
     def make():
         from ..models import get_model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return get_model(name)
-    return _cached(("model", name), make)
+    return _cached(("model", name, purpose), make)
 
 
 def _representation(rep: dict, size: int | None):
@@ -712,6 +714,13 @@ def _representation(rep: dict, size: int | None):
             warnings.simplefilter("ignore")
             return CNNLayer(model, rep["layer"], input_size=None if size is None else (size, size))
     return _cached(("cnn", rep["model"], rep["layer"], size), make)
+
+
+def unit_device() -> str:
+    """Where units compute: ``$PREIMAGE_DEVICE``, else CUDA when available, else the CPU (not a
+    unit parameter: results agree across devices up to float rounding)."""
+    import torch
+    return os.environ.get("PREIMAGE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _rep_info(rep_obj) -> dict:
@@ -745,13 +754,14 @@ def _unit_invert(p: dict) -> dict:
     from ..invert import invert
     from ..objective import central_window_mask, channel_mask, default_lambdas
 
-    rep = _representation(p["rep"], p["size"])
+    device = unit_device()
+    rep = _representation(p["rep"], p["size"]).to(device)
     images = _load_batch(p["images"], p["mode"], p["size"])
     shape = tuple(images.shape[1:])
     pairs = [default_lambdas(shape, p["alpha"], p["beta"], lambda_tv_reference=v) for v in p["lambda_tv"]]
     lam_alpha, lam_tv = [a for a, _ in pairs], [t for _, t in pairs]
     with torch.no_grad():
-        target = rep(images)
+        target = rep(images.to(device)).cpu()
     mask = None
     if p.get("window"):
         mask = central_window_mask(target.shape[1:], int(p["window"]))
@@ -759,7 +769,8 @@ def _unit_invert(p: dict) -> dict:
         cm = channel_mask(target.shape[1:], p["channels"])
         mask = cm if mask is None else mask * cm
     res = invert(rep, images, restarts=p["restarts"], lambda_tv=lam_tv, lambda_alpha=lam_alpha, alpha=p["alpha"],
-                 beta=p["beta"], iterations=p["iterations"], mask=mask, seed=p["seed"], progress=False)
+                 beta=p["beta"], iterations=p["iterations"], mask=mask, seed=p["seed"], progress=False,
+                 device=device)
     n, r, k = res.relative_errors.shape
     diff = (res.codes - res.targets[:, None, None]).double()
     tnorm = res.targets.double()
@@ -774,7 +785,7 @@ def _unit_invert(p: dict) -> dict:
         "lambda_tv_actual": lam_tv, "lambda_alpha_actual": lam_alpha, "image_shape": list(shape),
         "code_shape": list(target.shape[1:]), "optimisation_seconds": res.seconds,
         "iterations": res.settings.get("iterations"), "lr": res.settings.get("lr"),
-        "schedule": res.settings.get("schedule"), "shape": [n, r, k],
+        "schedule": res.settings.get("schedule"), "shape": [n, r, k], "device": device,
         **_rep_info(rep),
     }
     pngs: dict[str, np.ndarray] = {}
@@ -782,7 +793,7 @@ def _unit_invert(p: dict) -> dict:
     if p.get("box") and p["rep"]["type"] == "cnn":
         try:
             from ..models.receptive_field import receptive_field_box
-            box = list(receptive_field_box(_model(p["rep"]["model"]), p["rep"]["layer"], n=int(p.get("window") or 5),
+            box = list(receptive_field_box(_model(p["rep"]["model"], "structure"), p["rep"]["layer"], n=int(p.get("window") or 5),
                                            input_size=shape[-2:]))
         except Exception as exc:  # noqa: BLE001 - the figure still shows the reconstruction
             metrics["box_error"] = f"{type(exc).__name__}: {exc}"
@@ -801,7 +812,7 @@ def _unit_invert(p: dict) -> dict:
                     pngs[f"boxed_n{i}_r{ri}_k{ki}"] = np.asarray(pic)
         if p.get("glyph"):
             from ..glyph import hog_glyph
-            pngs[f"glyph_n{i}"] = _u8(hog_glyph(target[i].detach().cpu()))
+            pngs[f"glyph_n{i}"] = _u8(hog_glyph(target[i]))
     tensors = {"errors": {"distance": dist, "relative_error": res.relative_errors,
                           **{f"energy_{key}": v for key, v in res.energy.items()}}}
     if p.get("save", "all") == "all":
@@ -815,13 +826,14 @@ def _unit_codes(p: dict) -> dict:
     import torch
 
     from ..metrics import pairwise_normaliser
-    rep = _representation(p["rep"], p["size"])
+    device = unit_device()
+    rep = _representation(p["rep"], p["size"]).to(device)
     codes = []
     t0 = time.perf_counter()
     with torch.no_grad():
         for name in p["images"]:
             img = load_eval_image(name, p["mode"], p["size"])
-            codes.append(rep(img[None])[0].detach().cpu())
+            codes.append(rep(img[None].to(device))[0].detach().cpu())
     norms = torch.stack([c.double().flatten().norm() for c in codes])
     metrics = {"normaliser": {conv: pairwise_normaliser(codes, conv) for conv in ("paper", "authors")},
                "n": len(codes), "code_norm_mean": float(norms.mean()), **_rep_info(rep)}
@@ -853,7 +865,7 @@ def _unit_hoggle(p: dict) -> dict:
     t0 = time.perf_counter()
     dictionary = _hoggle_dictionary(p["dictionary"])
     dict_seconds = time.perf_counter() - t0
-    hog = _representation({"type": "shallow", "name": "hog"}, p["size"])
+    hog = _representation({"type": "shallow", "name": "hog"}, p["size"]).to("cpu")
     dist, rel, secs, pngs = [], [], [], {}
     for i, name in enumerate(p["images"]):
         img = load_eval_image(name, "grey", p["size"])
@@ -882,7 +894,7 @@ def _unit_hoggle(p: dict) -> dict:
 
 def _unit_layers(p: dict) -> dict:
     from ..representations.cnn import list_layers
-    model = _model(p["model"])
+    model = _model(p["model"], "structure")
     size = p.get("size")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
