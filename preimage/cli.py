@@ -7,6 +7,7 @@
     preimage layers MODEL
     preimage classify IMAGE... --model NAME [--json]
     preimage hoggle train [--out FILE]
+    preimage reproduce [--quick] [--only table1,table3,fig5,…] [--scheduler ADDRESS] --out DIR
 
 Errors meant for users are printed as one line (``preimage: error: …``) with exit status 2.
 """
@@ -158,7 +159,8 @@ def cmd_invert(args) -> int:
     box = None
     if args.neighbourhood and args.model:
         from .models.receptive_field import receptive_field_box
-        box = receptive_field_box(info["network"], args.layer, n=args.neighbourhood)
+        top, left, bottom, right = receptive_field_box(info["network"], args.layer, n=args.neighbourhood)
+        box = (top, left, bottom - 1, right - 1)  # exclusive → inclusive bounds for drawing
     R, K = recon.shape[:2]
     for r in range(R):
         for k in range(K):
@@ -309,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topk", type=int, default=5)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_classify)
+
+    from .reproduce import add_reproduce_parser
+    add_reproduce_parser(sub)
 
     sp = sub.add_parser("hoggle", help="the HOGgle baseline")
     hsub = sp.add_subparsers(dest="hoggle_command", required=True)

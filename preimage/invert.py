@@ -31,9 +31,9 @@ from .optim import gaussian_init, make_schedule, minimise
 INVERSION_DEFAULTS: dict[str, dict] = {
     "HOG": {"schedule": "shallow", "lr": 3e-3},
     "DenseSIFT": {"schedule": "shallow", "lr": 3e-4},
-    "CNNLayer": {"schedule": "cnn", "lr": 4e-4},
+    "CNNLayer": {"schedule": "cnn", "lr": 1e-2},
 }
-FALLBACK_DEFAULTS = {"schedule": "shallow", "lr": 4e-4}
+FALLBACK_DEFAULTS = {"schedule": "shallow", "lr": 1e-3}
 
 
 def inversion_defaults(representation: torch.nn.Module) -> dict:
