@@ -215,7 +215,16 @@ def cmd_features(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_shallow, format_table1
+    from .evaluate import evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1
+    if args.model:
+        layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+        result = evaluate_cnn_layers(args.model, layers=layers, limit=args.limit, iterations=args.iters,
+                                     lr=args.lr, lambda_tv=args.cnn_lambda_tv, progress=not args.no_progress)
+        print(format_cnn_table(result))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        return 0
     reps = [r.strip() for r in args.reps.split(",") if r.strip()]
     result = evaluate_shallow(reps, limit=args.limit, iterations=args.iters, lr=args.lr,
                               lambda_tv=args.lambda_tv, progress=not args.no_progress, max_side=args.max_side)
@@ -290,8 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output .npy file")
     sp.set_defaults(func=cmd_features)
 
-    sp = sub.add_parser("evaluate", help="Table 1: shallow inversion error over the eval set")
+    sp = sub.add_parser("evaluate", help="Table 1 (shallow) or a per-layer CNN table over the eval set")
     sp.add_argument("--reps", default="hog,hogb,dsift", help="comma-separated: hog, hogb, dsift, hoggle")
+    sp.add_argument("--model", help="evaluate this CNN's layers instead (e.g. mobilenet_v2)")
+    sp.add_argument("--layers", help="comma-separated layers of --model (default: its blocks)")
+    sp.add_argument("--cnn-lambda-tv", type=float, help="one TV weight for every layer (default: by depth)")
     sp.add_argument("--limit", type=int, help="only the first N eval images")
     sp.add_argument("--iters", type=int, help="iterations per inversion (default 800)")
     sp.add_argument("--lr", type=float)

@@ -34,6 +34,8 @@ INVERSION_DEFAULTS: dict[str, dict] = {
     "CNNLayer": {"schedule": "cnn", "lr": 1e-2},
 }
 FALLBACK_DEFAULTS = {"schedule": "shallow", "lr": 1e-3}
+#: Default learning rates are scaled by min(1, TV_STABLE_LAMBDA / λ_V) (see :func:`invert`).
+TV_STABLE_LAMBDA = 5.0
 
 
 def inversion_defaults(representation: torch.nn.Module) -> dict:
@@ -113,7 +115,8 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`.
         alpha, beta: exponents of the priors.
         schedule, iterations, lr, method: see :func:`preimage.optim.minimise`; ``None`` takes the
-            representation's defaults (:func:`inversion_defaults`).
+            representation's defaults (:func:`inversion_defaults`), the rate scaled down for
+            λ_V above 5 (per setting) so that strong TV does not make momentum GD diverge.
         mask: optional 0/1 mask broadcastable to one code ``(1, ...)``.
         seed: seeds the R initial noises (restart r gets the same noise for every image/setting).
         device: where to run (default: the images'/target's device).
@@ -164,7 +167,15 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
 
     defaults = inversion_defaults(representation)
     schedule = schedule if schedule is not None else defaults["schedule"]
-    lr = float(lr) if lr is not None else float(defaults["lr"])
+    if lr is not None:
+        lr_k = [float(lr)] * k
+    else:
+        # The default rate is tuned at λ_V = 5; the TV term's curvature grows with λ_V (β = 2), so
+        # momentum GD stays stable only with η ∝ 1/λ_V beyond that: each setting gets its own rate.
+        base = float(defaults["lr"])
+        lr_k = [base * min(1.0, TV_STABLE_LAMBDA / t) if beta == 2.0 and t > 0 else base for t in tvs]
+        if method != "momentum":
+            lr_k = [min(lr_k)] * k
     stages = make_schedule(schedule, iterations)
 
     r = restarts
@@ -196,7 +207,8 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             ck = Path(f"{checkpoint}.chunk{c0 // chunk}.safetensors")
             ck.parent.mkdir(parents=True, exist_ok=True)
         desc = progress if isinstance(progress, str) else f"inverting {sl.stop - sl.start} × {image_shape}"
-        res = minimise(obj, u0, lr=lr, schedule=stages, method=method, progress=desc if progress else False,
+        lrs = [lr_k[i] for i in bk.tolist()]
+        res = minimise(obj, u0, lr=lrs[0] if len(set(lrs)) == 1 else lrs, schedule=stages, method=method, progress=desc if progress else False,
                        checkpoint=ck)
         u_out[sl] = res.u
         for key in energy:
@@ -216,7 +228,7 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     shape3 = (n, r, k)
     settings = dict(representation=type(representation).__name__, image_shape=list(image_shape),
                     restarts=r, lambda_tv=tvs, lambda_alpha=alphas, alpha=alpha, beta=beta,
-                    schedule=[list(s) for s in stages], lr=lr, method=method, seed=seed,
+                    schedule=[list(s) for s in stages], lr=lr_k, method=method, seed=seed,
                     sigma=sigma, masked=mask is not None, iterations=sum(s[0] for s in stages))
     return Inversion(
         reconstructions=recon.detach().cpu().view(shape3 + image_shape),
