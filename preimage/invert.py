@@ -15,6 +15,7 @@ batched optimisation (chunked by ``max_batch`` when memory is short)::
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -192,6 +193,7 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             mask = mask[None]
 
     u_out = torch.empty((total,) + image_shape, dtype=dtype, device=dev)
+    backoffs = torch.zeros(total, dtype=torch.long)
     energy = {key: torch.empty(total, dtype=torch.float64) for key in ("data", "alpha", "tv", "total")}
     t0 = time.perf_counter()
     for c0 in range(0, total, chunk):
@@ -211,9 +213,14 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
         res = minimise(obj, u0, lr=lrs[0] if len(set(lrs)) == 1 else lrs, schedule=stages, method=method, progress=desc if progress else False,
                        checkpoint=ck)
         u_out[sl] = res.u
+        backoffs[sl] = torch.tensor(res.extra.get("backoffs", [0] * (sl.stop - sl.start)))
         for key in energy:
             energy[key][sl] = torch.tensor(res.energy[key], dtype=torch.float64)
     seconds = time.perf_counter() - t0
+    if int(backoffs.sum()):
+        warnings.warn(f"{int((backoffs > 0).sum())} of {total} optimisations diverged and were resumed with "
+                      f"their learning rate halved (up to {int(backoffs.max())} times); pass a smaller lr "
+                      f"to avoid the lost iterations", RuntimeWarning, stacklevel=2)
 
     sigma = natural_sigma(image_shape)
     mp = torch.as_tensor(getattr(representation, "mean_pixel", 128.0), dtype=dtype, device=dev).flatten()
@@ -229,7 +236,8 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     settings = dict(representation=type(representation).__name__, image_shape=list(image_shape),
                     restarts=r, lambda_tv=tvs, lambda_alpha=alphas, alpha=alpha, beta=beta,
                     schedule=[list(s) for s in stages], lr=lr_k, method=method, seed=seed,
-                    sigma=sigma, masked=mask is not None, iterations=sum(s[0] for s in stages))
+                    sigma=sigma, masked=mask is not None, iterations=sum(s[0] for s in stages),
+                    lr_halvings=backoffs.view(shape3).tolist())
     return Inversion(
         reconstructions=recon.detach().cpu().view(shape3 + image_shape),
         targets=target.detach().cpu(),

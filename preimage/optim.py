@@ -92,9 +92,13 @@ def _fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, u: torch.Tensor, v: torch.Tensor, it: int, fp: str) -> None:
+def _save_checkpoint(path: Path, u: torch.Tensor, v: torch.Tensor, it: int, fp: str,
+                     lr: torch.Tensor | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"u": u.detach().cpu().contiguous(), "v": v.detach().cpu().contiguous()}, str(tmp),
+    tensors = {"u": u.detach().cpu().contiguous(), "v": v.detach().cpu().contiguous()}
+    if lr is not None:  # per-sample rates after divergence back-offs
+        tensors["lr"] = lr.detach().cpu().contiguous()
+    save_file(tensors, str(tmp),
               metadata={"iteration": str(it), "fingerprint": fp})
     os.replace(tmp, path)
 
@@ -107,7 +111,7 @@ def _load_checkpoint(path: Path, fp: str):
         if meta.get("fingerprint") != fp:
             return None
         t = load_file(str(path))
-        return t["u"], t["v"], int(meta["iteration"])
+        return t["u"], t["v"], int(meta["iteration"]), t.get("lr")
     except Exception:  # a torn or foreign file: start over rather than fail
         return None
 
@@ -117,7 +121,7 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
              method: str = "momentum", momentum: float = 0.9, progress: bool | str = True,
              record_every: int = 10, checkpoint: str | Path | None = None, checkpoint_every: int = 50,
              callback: Callable[[int, torch.Tensor], None] | None = None,
-             stop_on_divergence: bool = True) -> OptimResult:
+             stop_on_divergence: bool = True, max_backoffs: int = 8) -> OptimResult:
     """Minimise ``objective`` from ``u0`` ``(N, C, H, W)``.
 
     Args:
@@ -132,9 +136,13 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
         record_every: record per-sample energies every this many iterations.
         checkpoint: file to save/resume state (safetensors), written atomically.
         callback: called as ``callback(iteration, u)`` after each recorded iteration.
-        stop_on_divergence: raise ``FloatingPointError`` when a sample's energy stops being
-            finite; when False the sample is left non-finite (its energy reads NaN/Inf) and the
-            others go on (learning-rate sweeps).
+        stop_on_divergence: when a sample's energy stops being finite, with ``method="momentum"``
+            the sample is put back to its last finite state (checked every ``record_every``
+            iterations), its velocity zeroed and its own rate halved, up to ``max_backoffs`` times
+            (the high-order α-norm makes too large a rate blow up rather than oscillate); then,
+            or with the other methods, ``FloatingPointError`` is raised. When False the sample is
+            left non-finite (its energy reads NaN/Inf) and the others go on (learning-rate sweeps).
+        max_backoffs: most rate halvings per sample before giving up (0: raise at once).
     Returns:
         :class:`OptimResult`.
     """
@@ -149,7 +157,7 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
         raise ValueError(f"lr must be positive and finite, one value or one per sample; got {lr}")
     if lr_t.numel() > 1 and method != "momentum":
         raise ValueError("per-sample learning rates need method='momentum'")
-    lr_b = lr_t.view(-1, *([1] * (u0.dim() - 1)))
+    lr_b = lr_t.view(-1, *([1] * (u0.dim() - 1))).expand(u0.shape[0], *([1] * (u0.dim() - 1))).clone()
     lr = float(lr_t[0]) if lr_t.numel() == 1 else lr_t.tolist()
     settings = dict(lr=lr, stages=stages, method=method, momentum=momentum, shape=list(u0.shape),
                     init=float(u0.double().sum()), lambda_tv=objective.lambda_tv.tolist(),
@@ -163,7 +171,13 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
         loaded = _load_checkpoint(ckpt, fp)
         if loaded is not None:
             u, v, start = (loaded[0].to(u0), loaded[1].to(u0), loaded[2])
+            if loaded[3] is not None and loaded[3].shape == lr_b.shape:
+                lr_b = loaded[3].to(u0)
     resumed_from = start
+    backoff = stop_on_divergence and method == "momentum" and max_backoffs > 0
+    safe_u = u.detach().clone() if backoff else None  # last state with a finite energy, per sample
+    backoffs = torch.zeros(u.shape[0], dtype=torch.long)
+    e_start = None  # per-sample energy where this run started: only states below it are kept as safe
     u.requires_grad_(True)
 
     opt = None
@@ -183,7 +197,7 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
         it = stage_end
         if stage_end <= start:
             continue
-        eta = lr_b * factor if method == "momentum" else lr * factor
+        eta = None if method == "momentum" else lr * factor  # momentum: per-sample lr_b · factor
         if method == "momentum":
             if stage_start >= start:  # momentum reset at each rate change (kept when resuming mid-stage)
                 v.zero_()
@@ -200,8 +214,12 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
                 return terms.total.sum()
             if method == "momentum":
                 closure()
+                if e_start is None:
+                    e_start = closure.terms.total.detach().cpu()
+                if backoff and ((k + 1) % record_every == 0 or k + 1 == total):
+                    u_eval = u.detach().clone()  # the state whose energy is recorded below
                 with torch.no_grad():
-                    v.mul_(momentum).sub_(eta * u.grad)
+                    v.mul_(momentum).sub_((lr_b * factor) * u.grad)
                     u.add_(v)
             else:
                 opt.step(closure)
@@ -210,17 +228,32 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
             if step % record_every == 0 or step == total:
                 with torch.no_grad():
                     tot = last_terms.total.detach().cpu()
-                if stop_on_divergence and not torch.isfinite(tot).all():
-                    bar.close()
-                    raise FloatingPointError(
-                        f"the objective diverged (non-finite) at iteration {step}; lower the learning rate "
-                        f"(now {lr})")
+                bad = ~torch.isfinite(tot)
+                if stop_on_divergence and bad.any():
+                    if not backoff or int(backoffs[bad].max()) >= max_backoffs:
+                        bar.close()
+                        raise FloatingPointError(
+                            f"the objective diverged (non-finite) at iteration {step}"
+                            + (f" after {max_backoffs} rate halvings" if backoff else "")
+                            + f"; lower the learning rate (now {lr_b.flatten().tolist() if backoff else lr})")
+                    with torch.no_grad():  # back off: last finite state, no velocity, half the rate
+                        idx = bad.nonzero().flatten().to(u.device)
+                        u[idx] = safe_u[idx]
+                        v[idx] = 0
+                        lr_b[idx] = lr_b[idx] / 2
+                        backoffs[bad] += 1
+                        tot = tot.clone()
+                        tot[bad] = float("nan")
+                elif backoff:
+                    keep = (tot <= e_start).nonzero().flatten().to(u.device)
+                    with torch.no_grad():
+                        safe_u[keep] = u_eval[keep]
                 history.append(tot)
                 bar.set_postfix(E=f"{float(tot.mean()):.4g}", data=f"{float(last_terms.data.detach().mean()):.4g}")
                 if callback is not None:
                     callback(step, u.detach())
             if ckpt is not None and step % checkpoint_every == 0 and step < total:
-                _save_checkpoint(ckpt, u, v, step, fp)
+                _save_checkpoint(ckpt, u, v, step, fp, lr_b)
             bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -229,7 +262,10 @@ def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Seq
         final = objective(u)
     energy = {k: getattr(final, k).detach().cpu().double().tolist() for k in ("data", "alpha", "tv", "total")}
     if ckpt is not None:
-        _save_checkpoint(ckpt, u, v, total, fp)
+        _save_checkpoint(ckpt, u, v, total, fp, lr_b)
     hist = torch.stack(history) if history else torch.zeros(0, u.shape[0])
+    extra = {}
+    if int(backoffs.sum()):
+        extra = {"backoffs": backoffs.tolist(), "final_lr": lr_b.flatten().tolist()}
     return OptimResult(u=u, energy=energy, history=hist, iterations=total, resumed_from=resumed_from,
-                       seconds=seconds)
+                       seconds=seconds, extra=extra)

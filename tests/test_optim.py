@@ -89,8 +89,8 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
 
 def test_divergence_is_reported_clearly():
     obj = _problem(1)
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        minimise(obj, gaussian_init(1, (1, 16, 16)), lr=1e6, schedule=[(50, 1.0)], progress=False)
+    with pytest.raises(FloatingPointError, match="after 8 rate halvings; lower the learning rate"):
+        minimise(obj, gaussian_init(1, (1, 16, 16)), lr=1e6, schedule=[(200, 1.0)], progress=False)
 
 
 @pytest.mark.parametrize("method", ["adam", "lbfgs"])
@@ -102,3 +102,28 @@ def test_other_methods_descend(method):
     lr = 1e-3 if method == "adam" else 1.0
     res = minimise(obj, u0, lr=lr, schedule=[(40, 1.0)], method=method, progress=False)
     assert res.energy["total"][0] < e0 * 0.5
+
+
+
+BLOWUP_LR = 3.0  # on _problem: blows up within 20 iterations (0.05 is stable)
+
+
+def test_divergence_backs_off_per_sample_and_recovers():
+    """A rate that makes one sample blow up is halved for that sample only, which then converges;
+    the other sample keeps its rate."""
+    obj = _problem(2)
+    u0 = gaussian_init(2, (1, 16, 16))
+    stable = minimise(obj, u0, lr=[1e-2, 1e-2], schedule=[(150, 1.0), (50, 0.1)], progress=False)
+    res = minimise(obj, u0, lr=[BLOWUP_LR, 1e-2], schedule=[(150, 1.0), (50, 0.1)], progress=False)
+    backoffs = res.extra["backoffs"]
+    assert backoffs[0] >= 1 and backoffs[1] == 0
+    assert res.extra["final_lr"][0] < BLOWUP_LR and res.extra["final_lr"][1] == pytest.approx(1e-2)
+    assert all(torch.isfinite(torch.tensor(res.energy["total"])))
+    assert res.energy["total"][1] == pytest.approx(stable.energy["total"][1], rel=1e-5)
+    assert res.energy["data"][0] < 0.2 * obj(u0).data[0].item()
+
+
+def test_divergence_without_backoff_raises():
+    with pytest.raises(FloatingPointError, match="diverged"):
+        minimise(_problem(1), gaussian_init(1, (1, 16, 16)), lr=1e2, schedule=[(50, 1.0)], progress=False,
+                 max_backoffs=0)
