@@ -16,6 +16,7 @@ from preimage.errors import PreimageError, UnknownNameError
 from preimage.models import MODEL_NAMES, get_model
 from preimage.models.layers_table import format_layers
 from preimage.representations.cnn import CNNLayer, list_layers, paper_lambda_tv
+from fx_helpers import node_value
 
 
 class Boom(nn.Module):
@@ -311,18 +312,7 @@ def test_mobilenet_v2_layer(mobilenet_v2):
     x = (torch.rand(2, 3, 224, 224) * 255).requires_grad_()
     y = rep(x)
     node = next(n for n in m.graph.nodes if n.name == "block6_add")
-    acts = {}
-
-    class Rec(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n is node:
-                acts["y"] = out
-            return out
-
-    with torch.no_grad():
-        Rec(m).run(x.detach())
-    torch.testing.assert_close(y.detach(), acts["y"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y.detach(), node_value(m, node, x.detach()), rtol=1e-5, atol=1e-5)
     y[:, :, 14, 14].sum().backward()
     # the gradient of one unit stays inside its computed receptive field
     from preimage.models.receptive_field import receptive_field_box

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from preimage.errors import UnknownNameError
 from preimage.models.tflite import (TFConv2d, TFLiteError, TFLiteNet, UnsupportedOpError, _Tensor, build_net,
                                     import_tflite, parse_tflite, tf_pool2d)
+from fx_helpers import node_value
 
 MODELS = ("mobilenet_v2", "mobilenet_v2_tf2", "mobilenet_v1", "mobilenet_v1_small")
 
@@ -78,19 +79,7 @@ def _tie_aware(q: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def _activation(net, name, x):
     """The value of node ``name`` when the full network runs on ``x`` (torch.fx interpreter)."""
-    node = net.node(name)
-    acts = {}
-
-    class Rec(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n is node:
-                acts["y"] = out
-            return out
-
-    with torch.no_grad():
-        Rec(net).run(x)
-    return acts["y"]
+    return node_value(net, net.node(name), x)
 
 
 # --------------------------------------------------------------------------------------------
