@@ -9,7 +9,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 
 from preimage.errors import UnknownNameError
