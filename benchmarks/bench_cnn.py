@@ -11,6 +11,10 @@ present), a mid-network layer (relative depth ≈ 0.5) and the last layer, at ba
 * ``fraction_of_peak``: achieved FLOP/s over this machine's measured float32 matmul peak (the best
   of a few ``torch.mm`` of 2048×2048 matrices, 4096 on CUDA).
 
+Then, per model, ``inversions``: the wall time of one whole default inversion (400 iterations,
+the layer's default λ_V and rate) of a random image at batch 1 through the mid-network layer
+(the target: at most 30 s for MobileNet v2 on a 2-core CPU). ``--no-inversion`` skips it.
+
 Usage: ``python benchmarks/bench_cnn.py [--device cuda] [--reps 3] [--models caffenet,mobilenet_v2]``.
 Prints one JSON object (progress lines on stderr). About 5 minutes on two busy CPU cores;
 ``--models caffenet`` alone takes about one.
@@ -33,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preimage.data import shared_dir  # noqa: E402
+from preimage.invert import invert  # noqa: E402
 from preimage.models import MOBILENET_MODEL_NAMES, get_model  # noqa: E402
 from preimage.representations.cnn import CNNLayer, list_layers  # noqa: E402
 
@@ -84,6 +89,19 @@ def time_per_iter(rep: CNNLayer, x: torch.Tensor, reps: int) -> float:
     return statistics.median(times)
 
 
+def time_inversion(name: str, layer: str, rep: CNNLayer, device: torch.device) -> dict:
+    """Wall time of one default inversion (the CNN schedule, 400 iterations) at batch 1."""
+    x = torch.rand(1, 3, *rep.input_size, device=device) * 255
+    _sync(device)
+    t = time.perf_counter()
+    res = invert(rep, x, progress=False)
+    _sync(device)
+    sec = time.perf_counter() - t
+    return {"model": name, "layer": layer, "batch": 1, "iterations": res.settings["iterations"],
+            "lambda_tv": res.settings["lambda_tv"][0], "seconds": round(sec, 2),
+            "relative_code_error": round(float(res.relative_errors.min()), 4)}
+
+
 def pick_layers(model) -> list[tuple[str, float]]:
     """The layer at relative depth 0.5 and the last layer, as ``(name, depth)``."""
     infos = list_layers(model)
@@ -97,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--models", default=None, help="comma-separated (default: caffenet + MobileNets if present)")
+    ap.add_argument("--no-inversion", action="store_true", help="skip the whole 400-iteration inversions")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     batches = [int(b) for b in args.batches.split(",")]
@@ -112,7 +131,7 @@ def main(argv=None) -> int:
                        # other processes compete for the cores: read timings with this in mind
                        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                        "matmul_peak_gflops": round(peak, 1)},
-           "results": [], "skipped": {}}
+           "results": [], "inversions": [], "skipped": {}}
     for name in names:
         try:
             with warnings.catch_warnings():
@@ -122,7 +141,7 @@ def main(argv=None) -> int:
             out["skipped"][name] = f"{type(e).__name__}: {e}"
             continue
         model = model.to(device)
-        for layer, depth in pick_layers(model):
+        for k, (layer, depth) in enumerate(pick_layers(model)):
             rep = CNNLayer(model, layer).to(device)
             for b in batches:
                 x = (torch.rand(b, 3, *rep.input_size, device=device) * 255).requires_grad_()
@@ -136,6 +155,9 @@ def main(argv=None) -> int:
                     "achieved_gflops": round(flops / sec / 1e9, 1),
                     "fraction_of_peak": round(flops / sec / 1e9 / peak, 3)})
                 print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
+            if not args.no_inversion and k == 0:  # the mid-network layer
+                out["inversions"].append(time_inversion(name, layer, rep, device))
+                print(json.dumps(out["inversions"][-1]), file=sys.stderr, flush=True)
         del model
     print(json.dumps(out, indent=1))
     return 0
