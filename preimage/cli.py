@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="evaluate this CNN's layers instead (e.g. mobilenet_v2)")
     sp.add_argument("--layers", help="comma-separated layers of --model (default: its blocks)")
     sp.add_argument("--cnn-lambda-tv", type=float, help="one TV weight for every layer (default: by depth)")
-    sp.add_argument("--limit", type=int, help="only the first N eval images")
+    sp.add_argument("--limit", type=int, help="only N eval images, spread evenly over the (class-sorted) set")
     sp.add_argument("--iters", type=int, help="iterations per inversion (default 800)")
     sp.add_argument("--lr", type=float)
     sp.add_argument("--lambda-tv", type=float, default=5.0, help="TV weight (default 5, the paper's Table 1)")

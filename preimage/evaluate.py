@@ -33,6 +33,15 @@ def _downscale(img: torch.Tensor, max_side: int | None) -> torch.Tensor:
                                            antialias=True, align_corners=False)[0]
 
 
+def spread(paths: Sequence[Path], limit: int | None) -> list[Path]:
+    """``limit`` of ``paths`` spread evenly over the list (the eval set is sorted by class, so this
+    keeps classes varied); all of them when ``limit`` is None or not smaller."""
+    paths = list(paths)
+    if limit and limit < len(paths):
+        paths = [paths[round(i * len(paths) / limit)] for i in range(limit)]
+    return paths
+
+
 def evaluate_representation(rep_name: str, paths: Sequence[Path], *, iterations: int | None = None,
                             lr: float | None = None, lambda_tv: float = 5.0, max_side: int | None = None,
                             max_batch: int = 8, progress: bool = True, seed: int = 0) -> dict:
@@ -81,9 +90,7 @@ def evaluate_shallow(reps: Sequence[str] = ("hog", "hogb", "dsift"), *, paths: S
     """Table 1 over the eval set (or ``paths``): one entry per representation, plus HOGgle when
     ``"hoggle"`` is among ``reps``."""
     from .data import eval_images
-    paths = list(paths) if paths is not None else eval_images()
-    if limit:
-        paths = paths[:limit]
+    paths = spread(list(paths) if paths is not None else eval_images(), limit)
     if len(paths) < 2:
         raise ValueError("Table 1 needs at least two images (the error is normalised by pairwise distances)")
     result = {"images": len(paths), "iterations": iterations or 800, "lambda_tv": lambda_tv, "rows": {}}
@@ -133,9 +140,7 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     from .representations.cnn import CNNLayer, list_layers
 
     model = get_model(model_name)
-    paths = list(paths) if paths is not None else eval_images()
-    if limit and limit < len(paths):  # evenly spread over the set (one class in every len/limit)
-        paths = [paths[round(i * len(paths) / limit)] for i in range(limit)]
+    paths = spread(list(paths) if paths is not None else eval_images(), limit)
     if len(paths) < 2:
         raise ValueError("the normalised error needs at least two images")
     names = list(layers) if layers else list(getattr(model, "block_names", None) or

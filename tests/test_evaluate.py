@@ -1,0 +1,80 @@
+"""The Table-1 and per-layer CNN evaluations (preimage.evaluate) on small synthetic sets."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from preimage.cli import main
+from preimage.evaluate import (evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1,
+                               spread)
+
+
+def _write_images(folder, sizes):
+    """Smooth random colour images (blurred noise, so HOG has structure) of the given (h, w)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        small = rng.uniform(0, 255, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+        p = folder / f"n0000000{i}_thing.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def test_spread_takes_evenly_spaced_items():
+    assert spread(list(range(10)), 3) == [0, 3, 7]
+    assert spread(list(range(4)), None) == [0, 1, 2, 3]
+    assert spread(list(range(4)), 9) == [0, 1, 2, 3]
+
+
+def test_table1_row_on_a_synthetic_set(tmp_path):
+    paths = _write_images(tmp_path, [(40, 48), (40, 48), (48, 56)])  # two sizes: two batches
+    short = evaluate_shallow(("hog",), paths=paths, iterations=4, progress=False)
+    longer = evaluate_shallow(("hog",), paths=paths, iterations=80, progress=False)
+    row = longer["rows"]["hog"]
+    assert longer["images"] == 3 and longer["iterations"] == 80 and row["n"] == 3
+    for conv in ("paper", "authors"):
+        assert len(row[conv]["per_image"]) == 3
+        assert all(math.isfinite(e) and e >= 0 for e in row[conv]["per_image"])
+    assert row["seconds_per_image"] > 0
+    # optimising longer reconstructs better: the evaluation measures the optimisation, not noise
+    assert row["paper"]["mean"] < short["rows"]["hog"]["paper"]["mean"]
+    table = format_table1(longer)
+    assert "| hog |" in table and "28.10 ± 7.9" in table  # the paper's number beside ours
+
+
+def test_table1_needs_two_images(tmp_path):
+    paths = _write_images(tmp_path, [(40, 48)])
+    with pytest.raises(ValueError, match="at least two images"):
+        evaluate_shallow(("hog",), paths=paths, iterations=2, progress=False)
+
+
+def test_cnn_layer_table_on_a_synthetic_set(tmp_path):
+    paths = _write_images(tmp_path, [(60, 80), (64, 64)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CaffeNet with random weights warns
+        result = evaluate_cnn_layers("caffenet", layers=["conv1", "relu1"], paths=paths, iterations=3,
+                                     progress=False)
+    assert result["images"] == 2 and list(result["rows"]) == ["conv1", "relu1"]
+    row = result["rows"]["conv1"]
+    assert row["lambda_tv"] == 0.5  # the paper's weight for the first layers
+    assert 0 < row["relative_depth"] < 0.1
+    assert len(row["paper"]["per_image"]) == 2
+    table = format_cnn_table(result)
+    assert "| conv1 |" in table and "| relu1 |" in table
+
+
+def test_evaluate_cli_writes_the_table_and_json(shared, tmp_path, capsys):
+    out = tmp_path / "t1.json"
+    rc = main(["evaluate", "--reps", "hog", "--limit", "2", "--iters", "4", "--max-side", "48",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| hog |" in printed
+    result = json.loads(out.read_text())
+    assert result["images"] == 2 and result["rows"]["hog"]["n"] == 2
