@@ -215,23 +215,28 @@ def cmd_features(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1
+    from .evaluate import BatchCache, evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1
+    cache_dir = args.resume_dir or (f"{args.out}.parts" if args.out else None)
+    if cache_dir and Path(cache_dir).is_dir() and any(Path(cache_dir).glob("*.safetensors")):
+        print(f"preimage: resuming from the finished batches in {cache_dir}", file=sys.stderr)
     if args.model:
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = evaluate_cnn_layers(args.model, layers=layers, limit=args.limit, iterations=args.iters,
-                                     lr=args.lr, lambda_tv=args.cnn_lambda_tv, progress=not args.no_progress)
-        print(format_cnn_table(result))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2))
-        return 0
-    reps = [r.strip() for r in args.reps.split(",") if r.strip()]
-    result = evaluate_shallow(reps, limit=args.limit, iterations=args.iters, lr=args.lr,
-                              lambda_tv=args.lambda_tv, progress=not args.no_progress, max_side=args.max_side)
-    print(format_table1(result))
+                                     lr=args.lr, lambda_tv=args.cnn_lambda_tv, progress=not args.no_progress,
+                                     cache_dir=cache_dir)
+        table = format_cnn_table(result)
+    else:
+        reps = [r.strip() for r in args.reps.split(",") if r.strip()]
+        result = evaluate_shallow(reps, limit=args.limit, iterations=args.iters, lr=args.lr,
+                                  lambda_tv=args.lambda_tv, progress=not args.no_progress, max_side=args.max_side,
+                                  cache_dir=cache_dir)
+        table = format_table1(result)
+    print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
+        if not args.resume_dir:  # the default folder beside --out is only for resuming this run
+            BatchCache(cache_dir).clear()
     return 0
 
 
@@ -309,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--lambda-tv", type=float, default=5.0, help="TV weight (default 5, the paper's Table 1)")
     sp.add_argument("--max-side", type=int, default=None, help="downscale eval images (default: native size)")
-    sp.add_argument("--out", help="write the results as JSON here")
+    sp.add_argument("--out", help="write the results as JSON here; finished batches are kept in OUT.parts "
+                                  "until then, so an interrupted run resumes when given the same --out")
+    sp.add_argument("--resume-dir", help="keep finished batches in this folder instead (kept afterwards)")
     sp.add_argument("--no-progress", action="store_true")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -78,3 +78,43 @@ def test_evaluate_cli_writes_the_table_and_json(shared, tmp_path, capsys):
     assert "| hog |" in printed
     result = json.loads(out.read_text())
     assert result["images"] == 2 and result["rows"]["hog"]["n"] == 2
+    assert not (tmp_path / "t1.json.parts").exists()  # the resume folder goes once the JSON is written
+
+
+def _refuse_to_invert(*args, **kwargs):
+    raise AssertionError("a cached batch was computed again")
+
+
+def test_an_interrupted_table1_resumes_from_its_finished_batches(tmp_path, monkeypatch):
+    import preimage.evaluate as ev
+    paths = _write_images(tmp_path, [(40, 48), (40, 48), (48, 56)])  # two sizes: two batches
+    cache = tmp_path / "parts"
+    first = evaluate_shallow(("hog",), paths=paths, iterations=6, progress=False, cache_dir=cache)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    # "interrupt": lose one batch; the rerun computes only that one and gives the same table
+    sorted(cache.glob("*.safetensors"))[0].unlink()
+    calls = []
+    real_invert = ev.invert
+    monkeypatch.setattr(ev, "invert", lambda *a, **k: calls.append(1) or real_invert(*a, **k))
+    again = evaluate_shallow(("hog",), paths=paths, iterations=6, progress=False, cache_dir=cache)
+    assert len(calls) == 1
+    assert again["rows"]["hog"]["paper"]["per_image"] == pytest.approx(first["rows"]["hog"]["paper"]["per_image"])
+    # every batch cached: nothing is inverted; a changed setting is not served from the cache
+    monkeypatch.setattr(ev, "invert", _refuse_to_invert)
+    evaluate_shallow(("hog",), paths=paths, iterations=6, progress=False, cache_dir=cache)
+    with pytest.raises(AssertionError, match="computed again"):
+        evaluate_shallow(("hog",), paths=paths, iterations=7, progress=False, cache_dir=cache)
+
+
+def test_cnn_layer_table_resumes_per_layer(tmp_path, monkeypatch):
+    import preimage.evaluate as ev
+    paths = _write_images(tmp_path, [(60, 80), (64, 64)])
+    cache = tmp_path / "parts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CaffeNet with random weights warns
+        first = evaluate_cnn_layers("caffenet", layers=["conv1"], paths=paths, iterations=3, progress=False,
+                                    cache_dir=cache)
+        monkeypatch.setattr(ev, "invert", _refuse_to_invert)
+        again = evaluate_cnn_layers("caffenet", layers=["conv1"], paths=paths, iterations=3, progress=False,
+                                    cache_dir=cache)
+    assert again["rows"]["conv1"]["paper"]["per_image"] == pytest.approx(first["rows"]["conv1"]["paper"]["per_image"])
