@@ -88,6 +88,17 @@ def test_outputs_equal_intermediate_activations():
     torch.testing.assert_close(CNNLayer(m, "body")(x), _intermediate(m, m.body, x))
 
 
+def test_a_pickled_layer_keeps_its_graph():
+    """The truncated graph pickles node by node (fx's own pickling re-traces and renames nodes)."""
+    import pickle
+    rep = CNNLayer(Small(), "relu")
+    back = pickle.loads(pickle.dumps(rep))
+    assert [n.name for n in back.net.graph.nodes] == [n.name for n in rep.net.graph.nodes]
+    x = torch.rand(2, 3, 16, 16) * 255
+    torch.testing.assert_close(back(x), rep(x), rtol=0, atol=0)
+    assert back.output_shape == rep.output_shape and back.layer == rep.layer
+
+
 def test_unknown_layer_lists_valid_names():
     with pytest.raises(UnknownNameError) as e:
         CNNLayer(Small(), "conv9")

@@ -285,6 +285,23 @@ def test_truncate_after_copy_truncate_and_cnn_layer(mobilenet_v2):
         t1.truncate("block6_add")     # cut away
 
 
+def test_pickled_copies_keep_names_and_outputs(mobilenet_v2):
+    """A TFLiteNet, a truncated one and a CNNLayer on it survive pickle (e.g. to worker processes)
+    with every node name; fx's own pickling re-traced the code and failed in the input check."""
+    import pickle
+    from preimage.representations.cnn import CNNLayer
+    m = mobilenet_v2
+    x = torch.rand(2, 3, 224, 224) * 255
+    for obj in (m, m.truncate("block3_add"), CNNLayer(m, "block8_add")):
+        copy_ = pickle.loads(pickle.dumps(obj))
+        with torch.no_grad():
+            torch.testing.assert_close(copy_(x), obj(x), rtol=0, atol=0)
+    back = pickle.loads(pickle.dumps(m))
+    assert [n.name for n in back.graph.nodes] == [n.name for n in m.graph.nodes]
+    assert back.block_names == m.block_names and back.input_size == m.input_size
+    assert back.truncate("block8_add").layer_names[-1] == "block8_add"
+
+
 def test_unknown_layer_lists_valid_names(mobilenet_v2):
     with pytest.raises(UnknownNameError) as e:
         mobilenet_v2.truncate("block99_add")

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PreimageError, UnknownNameError
+from .graph_module import PicklableGraphModule
 
 __all__ = [
     "TFLiteError", "UnsupportedOpError", "TFLiteNet", "TFLiteSpec", "import_tflite", "parse_tflite",
@@ -698,7 +699,7 @@ _META_ATTRS = ("input_size", "mean_pixel", "input_scale", "layer_names", "block_
                "source", "sources", "emulate_quantization", "quant_params", "tensor_names")
 
 
-class TFLiteNet(fx.GraphModule):
+class TFLiteNet(PicklableGraphModule):
     """A TFLite model as a float ``torch.fx.GraphModule`` (built by :func:`import_tflite`).
 
     ``forward(images)``: ``(B, 3, H, W)`` RGB on 0–255 → the model output (for the MobileNets:
@@ -718,6 +719,8 @@ class TFLiteNet(fx.GraphModule):
             (``qmin``/``qmax``: the integer clamp including the fused activation).
         tensor_names: node name → name of the TFLite tensor it computes.
     """
+
+    _pickled_attrs = _META_ATTRS
 
     def __deepcopy__(self, memo):
         res = super().__deepcopy__(memo)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..models.receptive_field import ReceptiveField, TracedModel, model_input_size, trace_model
+from ..models.graph_module import PicklableGraphModule
 from .base import Representation
 
 __all__ = ["CNNLayer", "LayerInfo", "list_layers", "paper_lambda_tv", "PAPER_LAMBDA_TV"]
@@ -183,7 +184,7 @@ def _truncate(gm: fx.GraphModule, target: fx.Node) -> fx.GraphModule:
         if node is target:
             break
     graph.output(env[target])
-    out = fx.GraphModule(gm, graph, class_name="Truncated")
+    out = PicklableGraphModule(gm, graph, class_name="Truncated")
     out.graph.eliminate_dead_code()
     out.graph.lint()
     out.recompile()

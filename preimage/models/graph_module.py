@@ -1,0 +1,80 @@
+"""A ``torch.fx.GraphModule`` that pickles node by node.
+
+fx's own pickling stores the generated Python code and re-traces it when loaded. That renames the
+nodes (so a layer called ``block8_add`` no longer exists in the copy) and runs every wrapped
+function with ``Proxy`` arguments, which fails for functions that check their input (the TFLite
+input stage does). :class:`PicklableGraphModule` instead stores the node list — op, name, target,
+arguments with nodes replaced by their names — plus the submodules and attributes the graph uses,
+and rebuilds the same graph when loaded. ``pickle``, ``copy.deepcopy`` of wrappers that pickle,
+and ``torch.multiprocessing`` then all keep the layer names.
+
+Only trusted pickles should ever be loaded (this is about copying models between processes, not
+a file format: weights travel as safetensors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+__all__ = ["PicklableGraphModule"]
+
+
+class _NodeRef(str):
+    """A node's name standing for the node in a pickled graph."""
+
+    def __reduce__(self):
+        return _NodeRef, (str(self),)
+
+
+class PicklableGraphModule(fx.GraphModule):
+    """A GraphModule whose pickled copy has the same graph, node names included.
+
+    Subclasses list in ``_pickled_attrs`` the instance attributes (plain data) that travel with it.
+    """
+
+    _pickled_attrs: tuple[str, ...] = ()
+
+    def __reduce__(self):
+        def ref(n: fx.Node) -> _NodeRef:
+            return _NodeRef(n.name)
+        nodes = [(n.op, n.name, n.target, fx.node.map_arg(n.args, ref), fx.node.map_arg(n.kwargs, ref))
+                 for n in self.graph.nodes]
+        owned: dict[str, Any] = {}
+        for n in self.graph.nodes:
+            if n.op in ("call_module", "get_attr"):
+                obj: Any = self
+                for part in n.target.split("."):
+                    obj = getattr(obj, part)
+                owned[n.target] = obj
+        attrs = {k: self.__dict__[k] for k in self._pickled_attrs if k in self.__dict__}
+        base = next(c for c in type(self).__mro__ if "<locals>" not in c.__qualname__)
+        return _rebuild, (base, type(self).__name__, owned, nodes, attrs, self.training)
+
+
+def _rebuild(cls: type, class_name: str, owned: dict, nodes: list, attrs: dict, training: bool) -> PicklableGraphModule:
+    """Inverse of :meth:`PicklableGraphModule.__reduce__`."""
+    graph = fx.Graph()
+    made: dict[str, fx.Node] = {}
+
+    def deref(v):
+        if isinstance(v, _NodeRef):
+            return made[str(v)]
+        if isinstance(v, (tuple, list)):
+            return type(v)(deref(a) for a in v)
+        if isinstance(v, dict):
+            return {k: deref(a) for k, a in v.items()}
+        if isinstance(v, slice):
+            return slice(deref(v.start), deref(v.stop), deref(v.step))
+        return v
+
+    for op, name, target, args, kwargs in nodes:
+        node = graph.create_node(op, target, deref(args), deref(kwargs), name=name)
+        if node.name != name:  # pragma: no cover - names were unique in the pickled graph
+            raise RuntimeError(f"node {name!r} came back as {node.name!r}")
+        made[name] = node
+    gm = cls(owned, graph, class_name=class_name)
+    for k, v in attrs.items():
+        setattr(gm, k, v)
+    return gm.train(training)
