@@ -113,7 +113,9 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             ``target`` ``(N, ...)`` and ``image_shape`` ``(C, H, W)`` instead.
         restarts: R random initialisations per image.
         lambda_tv, lambda_alpha: a value or a list of K values (zipped: the k-th setting uses
-            the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`.
+            the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`,
+            with the representation's own ``lambda_tv`` as the reference λ_V when it has one
+            (a :class:`~preimage.representations.cnn.CNNLayer`: the paper's weight for its depth).
         alpha, beta: exponents of the priors.
         schedule, iterations, lr, method: see :func:`preimage.optim.minimise`; ``None`` takes the
             representation's defaults (:func:`inversion_defaults`), the rate scaled down for
@@ -156,7 +158,12 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     check_target(target)
     n = target.shape[0]
 
-    d_alpha, d_tv = default_lambdas(image_shape, alpha, beta)
+    # a representation may carry its own reference λ_V (CNNLayer: the paper's weight for its depth)
+    own_tv = getattr(representation, "lambda_tv", None)
+    if isinstance(own_tv, (int, float)) and own_tv > 0:
+        d_alpha, d_tv = default_lambdas(image_shape, alpha, beta, lambda_tv_reference=float(own_tv))
+    else:
+        d_alpha, d_tv = default_lambdas(image_shape, alpha, beta)
     tvs = _as_list(lambda_tv, d_tv)
     alphas = _as_list(lambda_alpha, d_alpha)
     k = max(len(tvs), len(alphas))

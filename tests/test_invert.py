@@ -60,3 +60,21 @@ def test_invert_images_groups_sizes_and_keeps_order():
     out = invert_images(Pool(), ims, iterations=5, lr=1e-2, progress=False)
     assert [tuple(o.reconstructions.shape[-2:]) for o in out] == [(16, 16), (20, 24), (16, 16)]
     assert torch.equal(out[2].targets[0], Pool()(ims[2][None])[0])
+
+
+def test_default_tv_weight_is_the_representations_own():
+    """A representation with a ``lambda_tv`` (a CNN layer: the paper's weight for its depth) sets
+    the default λ_V; others get the paper's λ_V = 5; an explicit value always wins."""
+    from preimage.objective import default_lambdas
+
+    class Deep(Pool):
+        lambda_tv = 50.0
+
+    x = torch.rand(1, 1, 16, 16) * 255
+    plain = invert(Pool(), x, iterations=2, lr=1e-3, progress=False)
+    deep = invert(Deep(), x, iterations=2, lr=1e-3, progress=False)
+    given = invert(Deep(), x, iterations=2, lr=1e-3, lambda_tv=0.5, progress=False)
+    ref = default_lambdas((1, 16, 16))[1]
+    assert float(plain.lambda_tv[0]) == pytest.approx(ref)
+    assert float(deep.lambda_tv[0]) == pytest.approx(10 * ref)   # β = 2: λ_V does not scale with size
+    assert float(given.lambda_tv[0]) == pytest.approx(0.5)
