@@ -103,7 +103,7 @@ def _weights_fingerprint(model: torch.nn.Module) -> str:
 
 def _run_batch(cache: BatchCache, params: dict, run) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
     """(targets, reconstruction codes, seconds) of one batch: from ``cache`` when it holds them,
-    else from ``run()`` (which returns an :class:`~preimage.invert.InversionResult`), then stored."""
+    else from ``run()`` (which returns an :class:`~preimage.invert.Inversion`), then stored."""
     hit = cache.get(params)
     if hit is not None:
         return list(hit["targets"]), list(hit["codes"]), float(hit["seconds"])
