@@ -1,4 +1,4 @@
-"""A ``torch.fx.GraphModule`` that pickles node by node.
+"""A ``torch.fx.GraphModule`` that pickles node by node, and truncation of such graphs.
 
 fx's own pickling stores the generated Python code and re-traces it when loaded. That renames the
 nodes (so a layer called ``block8_add`` no longer exists in the copy) and runs every wrapped
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch.fx as fx
 
-__all__ = ["PicklableGraphModule"]
+__all__ = ["PicklableGraphModule", "truncate_graph_module"]
 
 
 class _NodeRef(str):
@@ -78,3 +78,31 @@ def _rebuild(cls: type, class_name: str, owned: dict, nodes: list, attrs: dict, 
     for k, v in attrs.items():
         setattr(gm, k, v)
     return gm.train(training)
+
+
+def truncate_graph_module(gm: fx.GraphModule, target: fx.Node, cls: type = PicklableGraphModule,
+                          class_name: str = "Truncated") -> fx.GraphModule:
+    """A new ``cls`` module computing ``gm`` up to its node ``target`` (the new output): the
+    nodes after it and those it does not need are removed, node names are kept, and submodules
+    and parameters are shared with ``gm``.
+
+    The graph is copied node by node into a fresh graph and the module built before dead-code
+    elimination, which needs the graph's owning module (a deep-copied graph has none).
+    """
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = graph.node_copy(node, lambda n: env[n])
+        if node is target:
+            break
+    if target not in env:
+        raise ValueError(f"node {target.name!r} is not a computed node of this graph")
+    graph.output(env[target])
+    out = cls(gm, graph, class_name=class_name)
+    out.graph.eliminate_dead_code()
+    out.graph.lint()
+    out.recompile()
+    out.delete_all_unused_submodules()
+    return out

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PreimageError, UnknownNameError
-from .graph_module import PicklableGraphModule
+from .graph_module import PicklableGraphModule, truncate_graph_module
 
 __all__ = [
     "TFLiteError", "UnsupportedOpError", "TFLiteNet", "TFLiteSpec", "import_tflite", "parse_tflite",
@@ -741,19 +741,7 @@ class TFLiteNet(PicklableGraphModule):
         """A new TFLiteNet computing node ``name`` (any node, e.g. a block name or ``X_preact``)
         from the image, everything after it removed (copy the graph, make ``name`` the output,
         eliminate dead code). Weights are shared with this module."""
-        self.node(name)  # validates
-        g = copy.deepcopy(self.graph)
-        target = next(n for n in g.nodes if n.name == name)
-        out = next(n for n in g.nodes if n.op == "output")
-        g.erase_node(out)
-        g.output(target)
-        # dead-code elimination needs the graph's owning module (purity checks of call_module
-        # nodes), and a deep-copied graph has none: build the module first, then prune it
-        res = TFLiteNet(self, g, class_name="TFLiteNet")
-        res.graph.eliminate_dead_code()
-        res.graph.lint()
-        res.recompile()
-        res.delete_all_unused_submodules()
+        res = truncate_graph_module(self, self.node(name), TFLiteNet, "TFLiteNet")  # node() validates
         kept = {n.name for n in res.graph.nodes}
         for k in _META_ATTRS:
             if k in self.__dict__:

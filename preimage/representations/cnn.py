@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..models.receptive_field import ReceptiveField, TracedModel, model_input_size, trace_model
-from ..models.graph_module import PicklableGraphModule
+from ..models.graph_module import truncate_graph_module
 from .base import Representation
 
 __all__ = ["CNNLayer", "LayerInfo", "list_layers", "paper_lambda_tv", "PAPER_LAMBDA_TV"]
@@ -173,25 +173,6 @@ class _StopForward(Exception):
         self.output = output
 
 
-def _truncate(gm: fx.GraphModule, target: fx.Node) -> fx.GraphModule:
-    """A new GraphModule computing ``gm`` up to ``target`` (its output), dead code removed."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            break
-        env[node] = graph.node_copy(node, lambda n: env[n])
-        if node is target:
-            break
-    graph.output(env[target])
-    out = PicklableGraphModule(gm, graph, class_name="Truncated")
-    out.graph.eliminate_dead_code()
-    out.graph.lint()
-    out.recompile()
-    out.delete_all_unused_submodules()
-    return out
-
-
 def _freeze(model: nn.Module) -> None:
     model.eval()
     for p in model.parameters():
@@ -247,7 +228,7 @@ class CNNLayer(Representation):
         if traced is not None:
             self.traced = True
             node = traced.node(self.layer)  # UnknownNameError listing the valid names
-            self.net = _truncate(traced.gm, node)
+            self.net = truncate_graph_module(traced.gm, node)
             _freeze(self.net)
             infos = {traced.node(i.name): i for i in _traced_infos(traced)}
             self.output_shape = tuple(traced.shapes[node.name][1:])
