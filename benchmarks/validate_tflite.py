@@ -22,15 +22,9 @@ import numpy as np
 import torch
 
 from preimage import data
-from preimage.classify import preprocess_for_classification, synset_class_index
-from preimage.imageio import load_image
+from preimage.classify import load_for_classification, synset_class_index
 from preimage.models.mobilenet import MOBILENET_NAMES, load_mobilenet, mobilenet_files
 from preimage.models.tflite import ReferenceInterpreter
-
-
-def pixels_for(paths, size) -> torch.Tensor:
-    """(N, 3, h, w) integer-valued pixels on 0–255, as fed to both implementations."""
-    return torch.stack([preprocess_for_classification(load_image(p), size).round() for p in paths])
 
 
 @torch.no_grad()
@@ -57,14 +51,14 @@ def evaluate(name: str, paths, cache: dict) -> dict:
     emu = load_mobilenet(name, emulate_quantization=True)
     key = tuple(net.input_size)
     if key not in cache:
-        cache[key] = pixels_for(paths, key)
+        cache[key] = load_for_classification(paths, key)
     x = cache[key]
     ref = ReferenceInterpreter(mobilenet_files(name))
     times = {}
     t = time.perf_counter()
     q = ref(x).astype(np.int64)
     times["interpreter_s"] = time.perf_counter() - t
-    s, zp = ref.interpreters[-1].get_output_details()[0]["quantization"]
+    s, zp = ref.output_quantization
     t = time.perf_counter()
     p_float = run_net(net, x)
     times["float_s"] = time.perf_counter() - t

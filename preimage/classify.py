@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .data import require_shared
 
 __all__ = ["imagenet_labels", "imagenet_synsets", "synset_class_index", "preprocess_for_classification",
-           "classify", "classify_files", "format_predictions"]
+           "load_for_classification", "classify", "classify_files", "format_predictions"]
 
 
 @lru_cache(maxsize=1)
@@ -88,14 +88,16 @@ def preprocess_for_classification(image: torch.Tensor, size: int | tuple[int, in
     return x if image.dim() == 4 else x[0]
 
 
+def load_for_classification(paths: Sequence[str | Path], size: int | tuple[int, int]) -> torch.Tensor:
+    """Image files → ``(N, 3, h, w)`` integer-valued pixels on 0–255: each file's evaluation crop
+    (:func:`preprocess_for_classification`), rounded as a uint8 interpreter is fed."""
+    from .imageio import load_image
+    return torch.stack([preprocess_for_classification(load_image(p), size).round() for p in paths])
+
+
 def _batch(images, net, preprocessed: bool) -> torch.Tensor:
     size = tuple(net.input_size)
-    if torch.is_tensor(images) and images.dim() == 4:
-        items = list(images)
-    elif torch.is_tensor(images) and images.dim() == 3:
-        items = [images]
-    else:
-        items = list(images)
+    items = [images] if torch.is_tensor(images) and images.dim() == 3 else list(images)
     out = []
     for im in items:
         if not preprocessed:

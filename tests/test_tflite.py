@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from preimage.classify import load_for_classification
 from preimage.errors import UnknownNameError
 from preimage.models.tflite import (TFConv2d, TFLiteError, TFLiteNet, UnsupportedOpError, _Tensor, build_net,
                                     import_tflite, parse_tflite, tf_pool2d)
@@ -43,13 +44,6 @@ def small_file(shared):
     return mobilenet_files("mobilenet_v1_small")[0]
 
 
-def _pixels(paths, size) -> torch.Tensor:
-    """(N, 3, h, w) integer-valued pixels, preprocessed as benchmarks/validate_tflite.py does."""
-    from preimage.classify import preprocess_for_classification
-    from preimage.imageio import load_image
-    return torch.stack([preprocess_for_classification(load_image(p), size).round() for p in paths])
-
-
 def _subset(shared):
     """20 images spread evenly over the eval (100) and train (200) sets."""
     from preimage import data
@@ -62,8 +56,8 @@ def _reference(name, x):
     from preimage.models.tflite import ReferenceInterpreter
     ref = ReferenceInterpreter(mobilenet_files(name))
     q = ref(x).astype(np.int64)
-    s, zp = ref.interpreters[-1].get_output_details()[0]["quantization"]
-    return q, s * (q - zp), float(s)
+    s, zp = ref.output_quantization
+    return q, s * (q - zp), s
 
 
 @torch.no_grad()
@@ -91,7 +85,7 @@ def test_float_top1_agrees_with_interpreter(shared, name):
     from preimage.models.mobilenet import load_mobilenet
     net = load_mobilenet(name)
     assert not net.emulate_quantization and net.num_classes == 1001
-    x = _pixels(_subset(shared), net.input_size)
+    x = load_for_classification(_subset(shared), net.input_size)
     q, ref_prob, _ = _reference(name, x)
     p = _run(net, x)
     assert p.shape == q.shape == (20, 1001)
@@ -114,12 +108,28 @@ def test_emulated_quantization_reproduces_interpreter(shared, name):
     net = load_mobilenet(name, emulate_quantization=True)
     assert net.emulate_quantization
     paths = data.eval_images()[::25] + data.train_images()[7::50]   # 8 images (emulation is slow)
-    x = _pixels(paths, net.input_size)
+    x = load_for_classification(paths, net.input_size)
     q, ref_prob, step = _reference(name, x)
     p = _run(net, x)
     assert _tie_aware(q, p).all(), f"{name}: emulated top-1 differs from the interpreter"
     diff = np.abs(p - ref_prob).max()
     assert diff <= step * (1 + 1e-6), f"{name}: probabilities differ by {diff} (> one step {step})"
+
+
+def test_reference_interpreter_dequantizes_with_its_output_quantization(shared):
+    _litert()
+    from preimage import data
+    from preimage.models.mobilenet import mobilenet_files
+    from preimage.models.tflite import ReferenceInterpreter
+    ref = ReferenceInterpreter(mobilenet_files("mobilenet_v1_small"))
+    s, zp = ref.output_quantization
+    assert s > 0 and 0 <= zp <= 255
+    x = load_for_classification(data.eval_images()[:2], (128, 128))
+    raw = ref(x)
+    assert raw.dtype == np.uint8 and raw.shape == (2, 1001)
+    real = ref(x, dequantize=True)
+    np.testing.assert_allclose(real, s * (raw.astype(np.float64) - zp))
+    assert (real >= 0).all() and (real <= 1).all()   # quantised softmax probabilities
 
 
 @pytest.mark.slow
@@ -135,7 +145,7 @@ def test_full_validation_criterion(shared, name):
     assert len(paths) == 300
     truth = np.array([synset_class_index(p) for p in paths])
     net = load_mobilenet(name)
-    x = _pixels(paths, net.input_size)
+    x = load_for_classification(paths, net.input_size)
     q, _, _ = _reference(name, x)
     p = _run(net, x)
     agree = _tie_aware(q, p).mean()

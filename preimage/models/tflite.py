@@ -1088,6 +1088,13 @@ class ReferenceInterpreter:
             it.allocate_tensors()
             self.interpreters.append(it)
 
+    @property
+    def output_quantization(self) -> tuple[float, int]:
+        """``(scale, zero_point)`` of the (last) model's output; ``(0.0, 0)`` for a float output.
+        Real value = ``scale · (raw − zero_point)``."""
+        s, zp = self.interpreters[-1].get_output_details()[0]["quantization"]
+        return float(s), int(zp)
+
     def __call__(self, pixels: torch.Tensor, dequantize: bool = False) -> np.ndarray:
         first = self.interpreters[0].get_input_details()[0]
         x = pixels.detach().cpu().double().round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
@@ -1101,8 +1108,7 @@ class ReferenceInterpreter:
                 it.invoke()
                 d_out = it.get_output_details()[0]
                 v = it.get_tensor(d_out["index"])
-            if dequantize and d_out["quantization"][0] > 0:
-                s, zp = d_out["quantization"]
-                v = s * (v.astype(np.float64) - zp)
             outs.append(v.reshape(-1))
-        return np.stack(outs)
+        out = np.stack(outs)
+        s, zp = self.output_quantization
+        return s * (out.astype(np.float64) - zp) if dequantize and s > 0 else out
