@@ -389,19 +389,22 @@ class _Emulation:
         self.requant = requant.astype(np.float32)      # (out_channels,)
         self.out_scale = float(out_scale)
 
-    def tensors(self, device):
-        w = torch.as_tensor(self.w_int, device=device).double()
-        b = None if self.b_int is None else torch.as_tensor(self.b_int, device=device).double()
-        return w, b, torch.as_tensor(self.requant, device=device)
+    def _tensors(self, device: torch.device) -> tuple:
+        """(weights float64, bias float64 or None, requantisation scales float32) on ``device``."""
+        return (torch.as_tensor(self.w_int, device=device).double(),
+                None if self.b_int is None else torch.as_tensor(self.b_int, device=device).double(),
+                torch.as_tensor(self.requant, device=device))
 
-    def finish(self, acc: torch.Tensor, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        """acc: exact integer accumulators (float64); y: the float result → STE-quantised y."""
+    def apply(self, linear_op, x: torch.Tensor, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """``y`` (the float op's result) with the interpreter's value: ``linear_op(q_in, w, b)``
+        on the exact integers (float64) of the fake-quantised input ``x``, requantised per
+        channel (``channel_dim`` of the result); the gradient stays ``y``'s."""
+        w, b, requant = self._tensors(x.device)
+        acc = linear_op(_ints(x, self.in_scale), w, b)  # exact integer accumulators
         shape = [1] * acc.dim()
         shape[channel_dim] = -1
-        scale = torch.as_tensor(self.requant, device=acc.device).view(shape)
-        q = torch.round(acc.float() * scale)  # float32, ties to even (lrintf)
-        real = (q.double() * self.out_scale).to(y.dtype)
-        return y + (real - y).detach()
+        q = torch.round(acc.float() * requant.view(shape))  # float32, ties to even (lrintf)
+        return _ste(y, q.double() * self.out_scale)
 
 
 class TFConv2d(nn.Conv2d):
@@ -436,9 +439,7 @@ class TFConv2d(nn.Conv2d):
         e = self.emulation
         if e is None:
             return y
-        w, b, _ = e.tensors(x.device)
-        q = torch.round(x.detach().double() / e.in_scale)  # q_in − zp_in, exact
-        return e.finish(self._tf_conv(q, w, b), y, 1)
+        return e.apply(self._tf_conv, x, y, 1)
 
 
 class TFLinear(nn.Linear):
@@ -460,9 +461,7 @@ class TFLinear(nn.Linear):
         e = self.emulation
         if e is None:
             return y
-        w, b, _ = e.tensors(x.device)
-        q = torch.round(x.detach().double() / e.in_scale)
-        return e.finish(F.linear(q, w, b), y, -1)
+        return e.apply(F.linear, x, y, -1)
 
 
 def tflite_input(x: torch.Tensor, scale: float, mean_pixel: float, emulate: bool) -> torch.Tensor:
@@ -854,7 +853,7 @@ def build_net(spec: TFLiteSpec, emulate_quantization: bool = False) -> TFLiteNet
         out = op.outputs[0]
         if act not in ("NONE", "RELU", "RELU6", "RELU_N1_TO_1"):
             raise UnsupportedOpError(f"{op.where}: fused activation {act} of {op.kind} is not supported")
-        quant = out.per_tensor is not None and np.issubdtype(out.dtype, np.integer)
+        quant = _pt(out) is not None
         tensor_names[name] = out.name
         if quant:
             lo, hi = _act_range(out, act)
@@ -884,7 +883,7 @@ def build_net(spec: TFLiteSpec, emulate_quantization: bool = False) -> TFLiteNet
                     and math.isclose(t_in.per_tensor[0], out.per_tensor[0], rel_tol=1e-6)
                     and tuple(v - t_in.per_tensor[1] for v in _qrange(t_in))
                     == tuple(v - out.per_tensor[1] for v in _qrange(out)))
-            if emulate and out.per_tensor is not None and np.issubdtype(out.dtype, np.integer) and not same:
+            if emulate and _pt(out) is not None and not same:
                 s, zp = out.per_tensor
                 qmin, qmax = _qrange(out)
                 rn = f"requant{len([n for n in layer_names if n.startswith('requant')]) + 1}"
@@ -896,7 +895,7 @@ def build_net(spec: TFLiteSpec, emulate_quantization: bool = False) -> TFLiteNet
                 value[id(out)] = src
             continue
         x = inp(op, 0)
-        out_quant = out.per_tensor is not None and np.issubdtype(out.dtype, np.integer)
+        out_quant = _pt(out) is not None
         # a separate output node only when something follows the op itself
         pre = f"{name}_preact" if (act != "NONE" or (emulate and out_quant)) else name
         if k in ("CONV_2D", "DEPTHWISE_CONV_2D"):
