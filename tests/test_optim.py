@@ -104,7 +104,6 @@ def test_other_methods_descend(method):
     assert res.energy["total"][0] < e0 * 0.5
 
 
-
 BLOWUP_LR = 3.0  # on _problem: blows up within 20 iterations (0.05 is stable)
 
 
