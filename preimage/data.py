@@ -52,3 +52,15 @@ def eval_images() -> list[Path]:
 def train_images() -> list[Path]:
     """The 200 training images (sorted), ``data/imagenet-sample/train``; fit things here, never on eval."""
     return sorted(require_shared("data", "imagenet-sample", "train").glob("*.JPEG"))
+
+
+def spread(items, m: int | None) -> list:
+    """``m`` of ``items`` spread evenly over the list (item ``round(i·len/m)`` for i < m): the eval
+    set is sorted by class, so this keeps classes varied; used for images and layers alike. All of
+    them when ``m`` is None or not smaller than the list."""
+    items = list(items)
+    if m is not None and m < 1:
+        raise ValueError(f"cannot take {m} items")
+    if m and m < len(items):
+        items = [items[round(i * len(items) / m)] for i in range(m)]
+    return items

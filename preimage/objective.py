@@ -14,7 +14,7 @@ regularisation settings are one batch whose gradients stay independent.
 Scaling with image size
 -----------------------
 σ is proportional to √(C·H·W): the authors' value 27098.12 for a mean-subtracted 227×227×3 image
-is ≈ 68.9 grey levels RMS per pixel (:data:`SIGMA_PER_PIXEL`). The paper's heuristics
+is ≈ 68.9 grey levels RMS per pixel (:data:`preimage.paper.SIGMA_PER_PIXEL`). The paper's heuristics
 λ_α ≈ σ^α/(N·B^α) and λ_V ≈ σ^β/(N·(aB)^β) (N pixels, B = 128, a = 1%) therefore scale as
 N^{α/2−1} and N^{β/2−1}. The defaults (:func:`default_lambdas`) are the paper's fixed values
 (λ_α = 2.16e8, λ_V = 5 at β = 2) at the reference size 227×227×3, carried to other sizes by that
@@ -34,19 +34,8 @@ from torch import nn
 
 from .errors import InvalidTargetError
 
-#: σ of the authors' code: norm of a mean-subtracted 227×227×3 natural image.
-SIGMA_REFERENCE = 27098.12
-#: The reference image size (pixels × channels) σ and the paper's λ values refer to.
-REFERENCE_NUMEL = 227 * 227 * 3
-#: RMS grey level per pixel implied by :data:`SIGMA_REFERENCE` (≈ 68.9).
-SIGMA_PER_PIXEL = SIGMA_REFERENCE / math.sqrt(REFERENCE_NUMEL)
-#: The paper's fixed λ_α (Table 1, Table 3).
-PAPER_LAMBDA_ALPHA = 2.16e8
-#: The paper's three TV weights λ₁, λ₂, λ₃ (β = 2); Table 1 uses λ₂ = 5.
-PAPER_LAMBDA_TV = (0.5, 5.0, 50.0)
-#: Dynamic range B and gradient fraction a of the paper's heuristics.
-HEURISTIC_B = 128.0
-HEURISTIC_A = 0.01
+from .paper import (HEURISTIC_A, HEURISTIC_B, LAMBDA_ALPHA, LAMBDA_TV, REFERENCE_SHAPE,
+                    SIGMA_PER_PIXEL)
 
 
 def natural_sigma(shape: Sequence[int]) -> float:
@@ -65,8 +54,8 @@ def heuristic_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.
 
 
 def default_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
-                    lambda_tv_reference: float = PAPER_LAMBDA_TV[1],
-                    lambda_alpha_reference: float = PAPER_LAMBDA_ALPHA,
+                    lambda_tv_reference: float = LAMBDA_TV,
+                    lambda_alpha_reference: float = LAMBDA_ALPHA,
                     preset: str = "paper") -> tuple[float, float]:
     """Default ``(λ_α, λ_V)`` for images of ``shape = (C, H, W)``.
 
@@ -80,7 +69,7 @@ def default_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
     if preset != "paper":
         raise ValueError(f"preset must be 'paper' or 'heuristic', not {preset!r}")
     h_alpha, h_tv = heuristic_lambdas(shape, alpha, beta)
-    h_alpha_ref, h_tv_ref = heuristic_lambdas((3, 227, 227), 6.0, 2.0)
+    h_alpha_ref, h_tv_ref = heuristic_lambdas(REFERENCE_SHAPE, 6.0, 2.0)
     lam_alpha = h_alpha * (lambda_alpha_reference / h_alpha_ref)
     lam_tv = h_tv * (lambda_tv_reference / h_tv_ref)
     return float(lam_alpha), float(lam_tv)
@@ -107,71 +96,6 @@ def total_variation(u: torch.Tensor, beta: float = 2.0, eps: float = 1e-12) -> t
     if beta == 2.0:
         return sq.flatten(1).sum(1)
     return (sq + eps).pow(beta / 2.0).flatten(1).sum(1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Masks on the code
-# ----------------------------------------------------------------------------------------------
-
-def central_window_mask(code_shape: Sequence[int], n: int) -> torch.Tensor:
-    """Mask selecting the central ``n × n`` spatial window of a code, all channels.
-
-    Args:
-        code_shape: ``(D, h, w)`` (a batch axis in front is ignored).
-        n: window side, clipped to the map; for even excess the window sits at the lower index.
-    Returns:
-        ``(1, D, h, w)`` float mask of 0/1.
-    """
-    d, h, w = code_shape[-3:]
-    mask = torch.zeros(1, d, h, w)
-    nh, nw = min(n, h), min(n, w)
-    top, left = (h - nh) // 2, (w - nw) // 2
-    mask[..., top:top + nh, left:left + nw] = 1.0
-    return mask
-
-
-def channel_mask(code_shape: Sequence[int], channels: str | slice | Sequence[int]) -> torch.Tensor:
-    """Mask selecting a subset of channels of a code, all positions.
-
-    Args:
-        code_shape: ``(D, ...)`` with the channel axis first (batch axis excluded).
-        channels: ``"first-half"``, ``"second-half"``, ``"a:b"`` (Python slice syntax), a slice,
-            or a list of channel indices.
-    Returns:
-        ``(1, *code_shape)`` float mask of 0/1.
-    """
-    shape = tuple(code_shape)
-    d = shape[0]
-    sel = parse_channels(channels, d)
-    mask = torch.zeros((1,) + shape)
-    mask[:, sel] = 1.0
-    if mask.sum() == 0:
-        raise ValueError(f"channel selection {channels!r} selects no channel of {d}")
-    return mask
-
-
-def parse_channels(channels: str | slice | Sequence[int], d: int) -> slice | list[int]:
-    """Turn a channel selection (see :func:`channel_mask`) into a slice or index list for ``d`` channels."""
-    if isinstance(channels, slice):
-        return channels
-    if isinstance(channels, str):
-        s = channels.strip().lower()
-        if s == "first-half":
-            return slice(0, d // 2)
-        if s == "second-half":
-            return slice(d // 2, d)
-        if ":" in s:
-            a, b = s.split(":", 1)
-            try:
-                return slice(int(a) if a else None, int(b) if b else None)
-            except ValueError:
-                pass
-        raise ValueError(f"channel selection {channels!r} not understood: use first-half, second-half or a:b")
-    idx = [int(i) for i in channels]
-    bad = [i for i in idx if not -d <= i < d]
-    if bad:
-        raise ValueError(f"channel indices {bad} out of range for {d} channels")
-    return idx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,12 +156,13 @@ class InversionObjective(nn.Module):
             :func:`channel_mask`); the loss normalisation uses the masked target only.
         sigma: image-norm scale; defaults to :func:`natural_sigma` of ``image_shape``.
         mean_pixel: value(s) on 0–255 added to σ·u before Φ; defaults to the representation's
-            ``mean_pixel`` attribute (128 if absent).
+            ``mean_pixel`` (declared by :class:`preimage.representations.base.Representation`;
+            128 for a plain module). :func:`preimage.invert.invert` always passes it.
     """
 
     def __init__(self, representation: nn.Module, target: torch.Tensor, image_shape: Sequence[int],
-                 lambda_alpha: float | Sequence[float] | torch.Tensor = PAPER_LAMBDA_ALPHA,
-                 lambda_tv: float | Sequence[float] | torch.Tensor = PAPER_LAMBDA_TV[1],
+                 lambda_alpha: float | Sequence[float] | torch.Tensor = LAMBDA_ALPHA,
+                 lambda_tv: float | Sequence[float] | torch.Tensor = LAMBDA_TV,
                  alpha: float = 6.0, beta: float = 2.0, mask: torch.Tensor | None = None,
                  sigma: float | None = None, mean_pixel: float | Sequence[float] | None = None):
         super().__init__()
@@ -294,9 +219,11 @@ class InversionObjective(nn.Module):
             diff = diff * self.mask.to(code.dtype)
         return diff.flatten(1).pow(2).sum(1) / self.target_norm2.to(code.dtype)
 
-    def forward(self, u: torch.Tensor) -> EnergyTerms:
-        """Per-sample energy terms of ``u`` ``(N, C, H, W)``."""
-        code = self.representation(self.image(u))
+    def forward(self, u: torch.Tensor, seen: torch.Tensor | None = None) -> EnergyTerms:
+        """Per-sample energy terms of ``u`` ``(N, C, H, W)``; the data term compares the code of
+        ``seen`` (a transformed ``u``, same shape: jitter and the like) when it is given, the
+        priors always act on ``u``."""
+        code = self.representation(self.image(u if seen is None else seen))
         if code.shape != self.target.shape:
             raise ValueError(f"representation gives codes of shape {tuple(code.shape)}, "
                              f"target has {tuple(self.target.shape)}")

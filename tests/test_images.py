@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from preimage.errors import ImageReadError
-from preimage.imageio import default_image, load_image, save_image, stretch
+from preimage.io.images import default_image, load_image, save_image, stretch
 
 
 def test_rgb_grey_and_native(tmp_path):

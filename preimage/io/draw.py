@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .imageio import to_uint8
+from .images import to_uint8
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

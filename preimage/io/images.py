@@ -1,10 +1,14 @@
-"""Reading and writing images robustly.
+"""Images: reading and writing robustly, and the one home of every resampling step.
 
 Every loader returns a float32 tensor of shape ``(C, H, W)`` with values on a 0–255 scale, ``C``
 being 1 (grey) or 3 (RGB). Odd inputs are normalised rather than rejected where that loses
 nothing important: palette and CMYK images become RGB, 16-bit images are rescaled to 0–255,
 alpha is composited onto white. What cannot be used raises :class:`ImageReadError` naming the file
 and the problem.
+
+Resampling (:func:`resize`, :func:`limit_side`, :func:`centre_crop`, :func:`resize_and_crop`) is
+antialiased bilinear interpolation, clamped to 0–255; every experiment, the CLI and the
+classifier prepare their images with these functions and nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 #: Largest image accepted without an explicit ``max_pixels``: 50 megapixels.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -145,3 +149,70 @@ def stretch(image: torch.Tensor) -> torch.Tensor:
     span = hi - lo
     out = torch.where(span > 0, (x - lo) / span.clamp_min(1e-12) * 255.0, torch.full_like(x, 127.5))
     return out if image.dim() == 4 else out[0]
+
+
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W)`` RGB on 0–255 → ``(..., 1, H, W)`` BT.601 luma (:data:`GREY_WEIGHTS`);
+    one-channel input is returned unchanged."""
+    if image.shape[-3] == 1:
+        return image
+    w = torch.as_tensor(GREY_WEIGHTS, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * w).sum(dim=-3, keepdim=True)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize to ``size = (H, W)``, clamped to [0, 255].
+
+    Args:
+        image: ``(C, H, W)`` or ``(B, C, H, W)`` on 0–255.
+    Returns:
+        the same rank, spatial size ``size``.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(image.shape[-2:]) == size:
+        return image
+    x = image if image.dim() == 4 else image[None]
+    out = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear", antialias=True,
+                                          align_corners=False).clamp(0, 255)
+    return out if image.dim() == 4 else out[0]
+
+
+def limit_side(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """Downscale ``(C, H, W)`` so its longest side is at most ``max_side`` (aspect kept); images
+    already small enough, or ``max_side=None``, are returned unchanged."""
+    h, w = image.shape[-2:]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    return resize(image, (max(1, round(h * s)), max(1, round(w * s))))
+
+
+def centre_crop(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The central ``size = (H, W)`` window of ``(..., H0, W0)`` (the lower index on odd excess)."""
+    h, w = image.shape[-2:]
+    ch, cw = int(size[0]), int(size[1])
+    if ch > h or cw > w:
+        raise ValueError(f"cannot crop {ch}×{cw} from a {h}×{w} image")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[..., top:top + ch, left:left + cw].contiguous()
+
+
+def resize_and_crop(image: torch.Tensor, size: int | tuple[int, int], short_side: int | None = None
+                    ) -> torch.Tensor:
+    """Resize the shorter side of ``(C, H, W)`` to ``short_side`` (default: the crop's shorter
+    side), keeping the aspect, then take the centre ``size`` crop (an int S means S×S)."""
+    ch, cw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    side = short_side or min(ch, cw)
+    h, w = image.shape[-2:]
+    s = side / min(h, w)
+    nh, nw = max(ch, round(h * s)), max(cw, round(w * s))
+    return centre_crop(resize(image, (nh, nw)), (ch, cw))
+
+
+def group_by_shape(images) -> dict[tuple, list[int]]:
+    """Indices of ``images`` (a sequence of tensors) grouped by shape, groups in order of first
+    appearance: the batches that can be stacked."""
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    return groups
