@@ -1,0 +1,52 @@
+"""Parameterisations of the optimised image: what the optimiser updates, and how ``u`` is made
+from it (:class:`~preimage.params.base.Parameterisation` states the contract).
+
+=========  ==========================================================  ==================
+name       ``u`` is                                                    optimiser, lr
+=========  ==========================================================  ==================
+pixel      the parameter itself (the paper's method)                   momentum, default
+fourier    1/f-scaled FFT coefficients, colours mixed as in train/     Adam, 0.05
+dip        the output of a small hourglass network from fixed noise    Adam, 0.01
+=========  ==========================================================  ==================
+
+The rates are starting points, to be calibrated on ``train/``. Use :func:`get_parameterisation`::
+
+    p = get_parameterisation("fourier", (3, 224, 224), n=4).init(seed=0)
+    u = p()                     # (4, 3, 224, 224), σ-units
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import UnknownNameError
+from .base import Parameterisation
+from .dip import DIPParam
+from .fourier import FourierParam
+from .pixel import PixelParam
+
+#: Every parameterisation by name.
+PARAMETERISATIONS: dict[str, type[Parameterisation]] = {
+    cls.name: cls for cls in (PixelParam, FourierParam, DIPParam)}
+
+
+def parameterisation_class(name: str) -> type[Parameterisation]:
+    """The class of parameterisation ``name`` (``pixel``, ``fourier``, ``dip``): its declared
+    ``recommended_optimiser`` and ``recommended_lr`` without building one. Unknown names raise
+    :class:`~preimage.errors.UnknownNameError` listing the valid ones."""
+    try:
+        return PARAMETERISATIONS[str(name).strip().lower()]
+    except KeyError:
+        raise UnknownNameError(f"unknown parameterisation {name!r}; valid names: "
+                               f"{', '.join(PARAMETERISATIONS)}") from None
+
+
+def get_parameterisation(name: str, shape: Sequence[int], n: int, **kwargs) -> Parameterisation:
+    """A new parameterisation ``name`` (``pixel``, ``fourier``, ``dip``) for ``n`` images of
+    ``shape = (C, H, W)``, with the class's keyword arguments ``kwargs``; call ``.init(seed)``
+    before use (parameters start at zero)."""
+    return parameterisation_class(name)(shape, n, **kwargs)
+
+
+__all__ = ["PARAMETERISATIONS", "Parameterisation", "PixelParam", "FourierParam", "DIPParam",
+           "get_parameterisation", "parameterisation_class"]
