@@ -10,6 +10,17 @@ batched optimisation (chunked by ``max_batch`` when memory is short)::
     result.reconstructions.shape                          # (1, 4, 3, 1, H, W)
 
 :func:`invert_images` handles a list of images of different sizes (grouped by size).
+
+The optimised image may be parameterised (``param``: ``"pixel"``, the paper's; ``"fourier"``, a
+colour-decorrelated Fourier image; ``"dip"``, a Deep Image Prior generator, :mod:`preimage.params`),
+and the data term may see a jittered image each step (``jitter``, :mod:`preimage.transforms`);
+the priors act on the image itself whatever its parameterisation.
+
+Defaults come from the representation's contract
+(:class:`~preimage.representations.base.Representation`): the reference λ_V (``lambda_tv``),
+the ``schedule``, the learning rate ``lr`` (scaled per setting by :func:`default_learning_rates`),
+``mean_pixel`` and the ``name`` written in the settings. A plain ``nn.Module`` gets the
+contract's defaults (:func:`~preimage.representations.base.as_representation`).
 """
 
 from __future__ import annotations
@@ -23,32 +34,18 @@ from typing import Sequence
 import torch
 
 from .errors import InvalidTargetError
+from .io.images import group_by_shape
 from .metrics import relative_error
 from .objective import InversionObjective, check_target, default_lambdas, natural_sigma
-from .optim import gaussian_init, make_schedule, minimise
+from .optim import make_schedule, minimise
+from .paper import LAMBDA_TV
+from .params import get_parameterisation, parameterisation_class
+from .transforms import Jitter, decay, jitter_for_stride
+from .representations.base import Representation, as_representation
 
-#: Per-representation defaults (class name → settings). Learning rates are in σ-units per unit
-#: gradient of the normalised objective; tuned on the *train* images (see benchmarks/tune_lr.py).
-INVERSION_DEFAULTS: dict[str, dict] = {
-    "HOG": {"schedule": "shallow", "lr": 3e-3},
-    "DenseSIFT": {"schedule": "shallow", "lr": 3e-4},
-    "CNNLayer": {"schedule": "cnn", "lr": 1e-2},
-}
-FALLBACK_DEFAULTS = {"schedule": "shallow", "lr": 1e-3}
-#: Default learning rates are scaled by min(1, TV_STABLE_LAMBDA / λ_V) (see :func:`invert`).
-TV_STABLE_LAMBDA = 5.0
-
-
-def inversion_defaults(representation: torch.nn.Module) -> dict:
-    """Default schedule and learning rate for a representation (by class, else the fallback).
-
-    A representation may override them with an ``inversion_defaults`` dict attribute.
-    """
-    own = getattr(representation, "inversion_defaults", None)
-    base = dict(INVERSION_DEFAULTS.get(type(representation).__name__, FALLBACK_DEFAULTS))
-    if isinstance(own, dict):
-        base.update(own)
-    return base
+#: The λ_V the representations' default rates were tuned at (Table 1's); above it the default
+#: rate is scaled down (:func:`default_learning_rates`).
+TV_STABLE_LAMBDA = LAMBDA_TV
 
 
 @dataclass
@@ -57,7 +54,7 @@ class Inversion:
 
     Attributes:
         reconstructions: ``(N, R, K, C, H, W)`` images on the 0–255 scale (not clipped; use
-            :func:`preimage.imageio.stretch` for the paper's display).
+            :func:`preimage.io.images.stretch` for the paper's display).
         targets: target codes ``(N, ...)``.
         codes: codes of the reconstructions ``(N, R, K, ...)``.
         relative_errors: ``(N, R, K)`` ‖Φ(x*) − Φ₀‖ / ‖Φ₀‖ (masked when a mask was used).
@@ -86,6 +83,54 @@ class Inversion:
         return self.reconstructions[ar_n, idx, ar_k]
 
 
+def default_learning_rates(base_lr: float, lambda_tv: Sequence[float], beta: float, method: str) -> list[float]:
+    """The default rate of each of K settings: ``base_lr × min(1, 5 / λ_V)`` at β = 2, else ``base_lr``.
+
+    ``base_lr`` (a representation's ``lr``) is tuned at λ_V = :data:`TV_STABLE_LAMBDA`; the TV
+    term's curvature grows with λ_V (β = 2), so momentum descent stays stable only with
+    η ∝ 1/λ_V beyond it: each setting gets its own rate. Adam and L-BFGS take one rate for the
+    batch: the smallest.
+    """
+    base = float(base_lr)
+    rates = [base * min(1.0, TV_STABLE_LAMBDA / t) if beta == 2.0 and t > 0 else base for t in lambda_tv]
+    if method != "momentum":
+        rates = [min(rates)] * len(rates)
+    return rates
+
+
+def resolve_method(rep: Representation, param: str, method: str | None, lr: float | None,
+                   tvs: Sequence[float], beta: float) -> tuple[str, list[float]]:
+    """The optimiser and the K rates of an inversion: ``method`` (default: the
+    parameterisation's ``recommended_optimiser``) and ``lr`` for every setting, else the
+    parameterisation's ``recommended_lr``, else the representation's ``lr`` scaled by
+    :func:`default_learning_rates` (the paper's pixels)."""
+    cls = parameterisation_class(param)
+    method = method or cls.recommended_optimiser
+    if lr is not None:
+        return method, [float(lr)] * len(tvs)
+    if cls.recommended_lr is not None:
+        return method, [float(cls.recommended_lr)] * len(tvs)
+    return method, default_learning_rates(rep.lr, tvs, beta, method)
+
+
+def resolve_jitter(rep: Representation, jitter: int | str | None) -> int:
+    """The jitter J ≥ 1 (1: none): an int as given, ``"auto"`` the IJCV rule for the
+    representation's :meth:`~preimage.representations.base.Representation.code_stride`."""
+    if jitter is None:
+        return 1
+    if isinstance(jitter, str):
+        if jitter.strip().lower() != "auto":
+            return resolve_jitter(rep, int(jitter))
+        stride = rep.code_stride()
+        if stride is None:
+            raise ValueError(f"jitter='auto' needs the code's stride, which {rep.name} does not declare; "
+                             "give the jitter in pixels")
+        return jitter_for_stride(stride)
+    if int(jitter) < 1:
+        raise ValueError(f"jitter must be at least 1 pixel, got {jitter}")
+    return int(jitter)
+
+
 def _as_list(value, default) -> list[float]:
     if value is None:
         value = default
@@ -96,38 +141,9 @@ def _as_list(value, default) -> list[float]:
     return [float(value)]
 
 
-def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, *,
-           target: torch.Tensor | None = None, image_shape: Sequence[int] | None = None,
-           restarts: int = 1, lambda_tv: float | Sequence[float] | None = None,
-           lambda_alpha: float | Sequence[float] | None = None, alpha: float = 6.0, beta: float = 2.0,
-           schedule: str | Sequence[tuple[int, float]] | None = None, iterations: int | None = None,
-           lr: float | None = None, method: str = "momentum", mask: torch.Tensor | None = None,
-           seed: int = 0, device: str | torch.device | None = None, progress: bool | str = True,
-           checkpoint: str | Path | None = None, max_batch: int | None = None,
-           dtype: torch.dtype = torch.float32) -> Inversion:
-    """Reconstruct images from their codes.
-
-    Args:
-        representation: Φ, a module mapping ``(B, C, H, W)`` images on 0–255 to codes.
-        images: ``(N, C, H, W)`` originals on 0–255 (their codes are the targets); or give
-            ``target`` ``(N, ...)`` and ``image_shape`` ``(C, H, W)`` instead.
-        restarts: R random initialisations per image.
-        lambda_tv, lambda_alpha: a value or a list of K values (zipped: the k-th setting uses
-            the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`,
-            with the representation's own ``lambda_tv`` as the reference λ_V when it has one
-            (a :class:`~preimage.representations.cnn.CNNLayer`: the paper's weight for its depth).
-        alpha, beta: exponents of the priors.
-        schedule, iterations, lr, method: see :func:`preimage.optim.minimise`; ``None`` takes the
-            representation's defaults (:func:`inversion_defaults`), the rate scaled down for
-            λ_V above 5 (per setting) so that strong TV does not make momentum GD diverge.
-        mask: optional 0/1 mask broadcastable to one code ``(1, ...)``.
-        seed: seeds the R initial noises (restart r gets the same noise for every image/setting).
-        device: where to run (default: the images'/target's device).
-        checkpoint: file prefix to save and resume each chunk's state.
-        max_batch: largest number of samples optimised at once (default: all N·R·K).
-    Returns:
-        :class:`Inversion`.
-    """
+def _image_shape(images: torch.Tensor | None, target: torch.Tensor | None,
+                 image_shape: Sequence[int] | None, restarts: int) -> tuple[int, int, int]:
+    """Check the arguments that say what to invert; returns ``(C, H, W)``."""
     if restarts < 1:
         raise ValueError("restarts must be at least 1")
     if images is not None:
@@ -142,130 +158,231 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     image_shape = tuple(int(s) for s in image_shape)
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
-    dev = torch.device(device) if device is not None else (
-        images.device if images is not None else target.device)
-    representation = representation.to(dev).eval()
-    if hasattr(representation, "check_input"):
-        representation.check_input(torch.zeros((1,) + image_shape, device=dev))
+    return image_shape
 
+
+def _target(rep: Representation, images: torch.Tensor | None, target: torch.Tensor | None,
+            dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The target codes ``(N, ...)``: the images' codes, or the given ones (checked)."""
     if target is None:
         with torch.no_grad():
-            target = representation(images.to(dev, dtype))
+            target = rep(images.to(dev, dtype))
     else:
         target = torch.as_tensor(target).to(dev, dtype)
         if target.dim() < 2:
             raise InvalidTargetError(f"target must have a batch axis (N, ...), got shape {tuple(target.shape)}")
     check_target(target)
-    n = target.shape[0]
+    return target
 
-    # a representation may carry its own reference λ_V (CNNLayer: the paper's weight for its depth)
-    own_tv = getattr(representation, "lambda_tv", None)
-    if isinstance(own_tv, (int, float)) and own_tv > 0:
-        d_alpha, d_tv = default_lambdas(image_shape, alpha, beta, lambda_tv_reference=float(own_tv))
-    else:
-        d_alpha, d_tv = default_lambdas(image_shape, alpha, beta)
+
+def lambda_settings(rep: Representation, image_shape: Sequence[int], lambda_tv, lambda_alpha,
+                    alpha: float, beta: float) -> tuple[list[float], list[float]]:
+    """The K settings ``(λ_V list, λ_α list)``: given values zipped (a single value broadcast),
+    ``None`` taking :func:`default_lambdas` for ``image_shape`` with the representation's
+    reference ``lambda_tv``."""
+    d_alpha, d_tv = default_lambdas(image_shape, alpha, beta, lambda_tv_reference=float(rep.lambda_tv))
     tvs = _as_list(lambda_tv, d_tv)
     alphas = _as_list(lambda_alpha, d_alpha)
     k = max(len(tvs), len(alphas))
     if len(tvs) not in (1, k) or len(alphas) not in (1, k):
         raise ValueError(f"lambda_tv has {len(tvs)} values and lambda_alpha {len(alphas)}: give equal "
                          "lengths or a single value")
-    tvs = tvs * k if len(tvs) == 1 else tvs
-    alphas = alphas * k if len(alphas) == 1 else alphas
+    return (tvs * k if len(tvs) == 1 else tvs), (alphas * k if len(alphas) == 1 else alphas)
 
-    defaults = inversion_defaults(representation)
-    schedule = schedule if schedule is not None else defaults["schedule"]
-    if lr is not None:
-        lr_k = [float(lr)] * k
-    else:
-        # The default rate is tuned at λ_V = 5; the TV term's curvature grows with λ_V (β = 2), so
-        # momentum GD stays stable only with η ∝ 1/λ_V beyond that: each setting gets its own rate.
-        base = float(defaults["lr"])
-        lr_k = [base * min(1.0, TV_STABLE_LAMBDA / t) if beta == 2.0 and t > 0 else base for t in tvs]
-        if method != "momentum":
-            lr_k = [min(lr_k)] * k
-    stages = make_schedule(schedule, iterations)
 
-    r = restarts
-    # Flatten (n, r, k) → b; targets and settings expanded accordingly.
-    total = n * r * k
-    idx_n = torch.arange(n).repeat_interleave(r * k)
-    idx_r = torch.arange(r).repeat_interleave(k).repeat(n)
-    idx_k = torch.arange(k).repeat(n * r)
-    noise = gaussian_init(r, image_shape, seed=seed, device=dev, dtype=dtype)
-    chunk = max_batch or total
-    if mask is not None:
-        mask = torch.as_tensor(mask).to(dev, dtype)
-        if mask.dim() == target.dim() - 1:
-            mask = mask[None]
+@dataclass
+class _Problem:
+    """N images × R restarts × K settings, flattened to samples b = (n·R + r)·K + k."""
 
-    u_out = torch.empty((total,) + image_shape, dtype=dtype, device=dev)
-    backoffs = torch.zeros(total, dtype=torch.long)
+    rep: Representation
+    target: torch.Tensor           # (N, ...)
+    image_shape: tuple[int, int, int]
+    restarts: int
+    tvs: list[float]
+    alphas: list[float]
+    rates: list[float]
+    stages: tuple[tuple[int, float], ...]
+    alpha: float
+    beta: float
+    method: str
+    mask: torch.Tensor | None
+    param: str = "pixel"
+    param_options: dict = field(default_factory=dict)
+    jitter: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(N, R, K)``."""
+        return self.target.shape[0], self.restarts, len(self.tvs)
+
+    def indices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sample ``(total,)`` indices of its image, restart and setting."""
+        n, r, k = self.shape
+        return (torch.arange(n).repeat_interleave(r * k), torch.arange(r).repeat_interleave(k).repeat(n),
+                torch.arange(k).repeat(n * r))
+
+
+#: The jittered share of the iterations: IJCV 2016 runs 300 jittered, then 50 plain ones.
+JITTER_UNTIL = 300 / 350
+
+
+def _transform(jitter: int, iterations: int, seed: int):
+    """``transform(u, iteration)`` jittering the data term's input by up to ``jitter`` pixels
+    (IJCV's step schedule: none in the last :data:`JITTER_UNTIL` share), or None for J = 1."""
+    if jitter <= 1:
+        return None
+    shift = Jitter(jitter)
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def transform(u: torch.Tensor, iteration: int) -> torch.Tensor:
+        return shift(u, gen, strength=decay(iteration, iterations, JITTER_UNTIL, "step"))
+    transform.__qualname__ = f"jitter({jitter}, until={JITTER_UNTIL:.4f})"
+    return transform
+
+
+def _chunk_variables(p: _Problem, n: int, restarts: torch.Tensor, sigma: float, seed: int,
+                     dev: torch.device, dtype: torch.dtype):
+    """The parameterisation of one chunk of ``n`` samples, initialised per restart
+    (restart r gets the same start for every image and setting)."""
+    param = get_parameterisation(p.param, p.image_shape, n, mean_pixel=p.rep.mean_pixel, sigma=sigma,
+                                 **p.param_options)
+    return param.to(dev, dtype).init(seed, restarts=restarts)
+
+
+def _optimise(p: _Problem, chunk: int, seed: int, dev: torch.device, dtype: torch.dtype,
+              progress: bool | str, checkpoint: str | Path | None):
+    """Run the samples in chunks of ``chunk``: ``(u (total, C, H, W), energy terms each (total,),
+    halvings (total,))``."""
+    idx_n, idx_r, idx_k = p.indices()
+    total = idx_n.numel()
+    u_out = torch.empty((total,) + p.image_shape, dtype=dtype, device=dev)
+    halvings = torch.zeros(total, dtype=torch.long)
     energy = {key: torch.empty(total, dtype=torch.float64) for key in ("data", "alpha", "tv", "total")}
-    t0 = time.perf_counter()
     for c0 in range(0, total, chunk):
         sl = slice(c0, min(total, c0 + chunk))
         bn, br, bk = idx_n[sl], idx_r[sl], idx_k[sl]
         obj = InversionObjective(
-            representation, target[bn.to(dev)], image_shape,
-            lambda_alpha=[alphas[i] for i in bk.tolist()], lambda_tv=[tvs[i] for i in bk.tolist()],
-            alpha=alpha, beta=beta, mask=mask).to(dev)
-        u0 = noise[br.to(dev)]
+            p.rep, p.target[bn.to(dev)], p.image_shape,
+            lambda_alpha=[p.alphas[i] for i in bk.tolist()], lambda_tv=[p.tvs[i] for i in bk.tolist()],
+            alpha=p.alpha, beta=p.beta, mask=p.mask, mean_pixel=p.rep.mean_pixel).to(dev)
         ck = None
         if checkpoint is not None:
             ck = Path(f"{checkpoint}.chunk{c0 // chunk}.safetensors")
             ck.parent.mkdir(parents=True, exist_ok=True)
-        desc = progress if isinstance(progress, str) else f"inverting {sl.stop - sl.start} × {image_shape}"
-        lrs = [lr_k[i] for i in bk.tolist()]
-        res = minimise(obj, u0, lr=lrs[0] if len(set(lrs)) == 1 else lrs, schedule=stages, method=method, progress=desc if progress else False,
-                       checkpoint=ck)
+        desc = progress if isinstance(progress, str) else f"inverting {sl.stop - sl.start} × {p.image_shape}"
+        lrs = [p.rates[i] for i in bk.tolist()]
+        variables = _chunk_variables(p, sl.stop - sl.start, br, obj.sigma, seed, dev, dtype)
+        res = minimise(obj, variables, lr=lrs[0] if len(set(lrs)) == 1 else lrs, schedule=p.stages,
+                       method=p.method, progress=desc if progress else False, checkpoint=ck,
+                       transform=_transform(p.jitter, sum(n for n, _ in p.stages), seed + c0))
         u_out[sl] = res.u
-        backoffs[sl] = torch.tensor(res.extra.get("backoffs", [0] * (sl.stop - sl.start)))
+        halvings[sl] = res.backoffs
         for key in energy:
             energy[key][sl] = torch.tensor(res.energy[key], dtype=torch.float64)
-    seconds = time.perf_counter() - t0
-    if int(backoffs.sum()):
-        warnings.warn(f"{int((backoffs > 0).sum())} of {total} optimisations diverged and were resumed with "
-                      f"their learning rate halved (up to {int(backoffs.max())} times); pass a smaller lr "
-                      f"to avoid the lost iterations", RuntimeWarning, stacklevel=2)
+    if int(halvings.sum()):
+        warnings.warn(f"{int((halvings > 0).sum())} of {total} optimisations diverged and were resumed with "
+                      f"their learning rate halved (up to {int(halvings.max())} times); pass a smaller lr "
+                      f"to avoid the lost iterations", RuntimeWarning, stacklevel=3)
+    return u_out, energy, halvings
 
-    sigma = natural_sigma(image_shape)
-    mp = torch.as_tensor(getattr(representation, "mean_pixel", 128.0), dtype=dtype, device=dev).flatten()
-    recon = mp.view(1, -1, 1, 1) + sigma * u_out
+
+def _assemble(p: _Problem, u: torch.Tensor, energy: dict[str, torch.Tensor], halvings: torch.Tensor,
+              chunk: int, seed: int, seconds: float) -> Inversion:
+    """The :class:`Inversion` of the optimised samples ``u`` ``(total, C, H, W)``."""
+    dev, dtype = u.device, u.dtype
+    sigma = natural_sigma(p.image_shape)
+    mp = torch.as_tensor(p.rep.mean_pixel, dtype=dtype, device=dev).flatten()
+    recon = mp.view(1, -1, 1, 1) + sigma * u
     with torch.no_grad():
-        codes = torch.cat([representation(recon[i:i + chunk]) for i in range(0, total, chunk)])
-    tgt = target[idx_n.to(dev)]
-    if mask is not None:
-        rel = relative_error(codes * mask, tgt * mask)
-    else:
-        rel = relative_error(codes, tgt)
-    shape3 = (n, r, k)
-    settings = dict(representation=type(representation).__name__, image_shape=list(image_shape),
-                    restarts=r, lambda_tv=tvs, lambda_alpha=alphas, alpha=alpha, beta=beta,
-                    schedule=[list(s) for s in stages], lr=lr_k, method=method, seed=seed,
-                    sigma=sigma, masked=mask is not None, iterations=sum(s[0] for s in stages),
-                    lr_halvings=backoffs.view(shape3).tolist())
+        codes = torch.cat([p.rep(recon[i:i + chunk]) for i in range(0, u.shape[0], chunk)])
+    tgt = p.target[p.indices()[0].to(dev)]
+    rel = relative_error(codes * p.mask, tgt * p.mask) if p.mask is not None else relative_error(codes, tgt)
+    shape3 = p.shape
+    settings = dict(representation=p.rep.name, image_shape=list(p.image_shape),
+                    restarts=p.restarts, lambda_tv=p.tvs, lambda_alpha=p.alphas, alpha=p.alpha, beta=p.beta,
+                    schedule=[list(s) for s in p.stages], lr=p.rates, method=p.method, seed=seed,
+                    param=p.param, param_options=dict(p.param_options), jitter=p.jitter,
+                    sigma=sigma, masked=p.mask is not None, iterations=sum(s[0] for s in p.stages),
+                    lr_halvings=halvings.view(shape3).tolist())
     return Inversion(
-        reconstructions=recon.detach().cpu().view(shape3 + image_shape),
-        targets=target.detach().cpu(),
+        reconstructions=recon.detach().cpu().view(shape3 + p.image_shape),
+        targets=p.target.detach().cpu(),
         codes=codes.detach().cpu().view(shape3 + tuple(codes.shape[1:])),
         relative_errors=rel.detach().cpu().double().view(shape3),
         energy={key: v.view(shape3) for key, v in energy.items()},
-        lambda_tv=torch.tensor(tvs, dtype=torch.float64),
-        lambda_alpha=torch.tensor(alphas, dtype=torch.float64),
+        lambda_tv=torch.tensor(p.tvs, dtype=torch.float64),
+        lambda_alpha=torch.tensor(p.alphas, dtype=torch.float64),
         settings=settings, seconds=seconds)
+
+
+def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, *,
+           target: torch.Tensor | None = None, image_shape: Sequence[int] | None = None,
+           restarts: int = 1, lambda_tv: float | Sequence[float] | None = None,
+           lambda_alpha: float | Sequence[float] | None = None, alpha: float = 6.0, beta: float = 2.0,
+           schedule: str | Sequence[tuple[int, float]] | None = None, iterations: int | None = None,
+           lr: float | None = None, method: str | None = None, mask: torch.Tensor | None = None,
+           seed: int = 0, device: str | torch.device | None = None, progress: bool | str = True,
+           checkpoint: str | Path | None = None, max_batch: int | None = None,
+           dtype: torch.dtype = torch.float32, param: str = "pixel", param_options: dict | None = None,
+           jitter: int | str | None = None) -> Inversion:
+    """Reconstruct images from their codes.
+
+    Args:
+        representation: Φ, a :class:`~preimage.representations.base.Representation` (or a plain
+            module, given the contract's defaults) mapping ``(B, C, H, W)`` images on 0–255 to codes.
+        images: ``(N, C, H, W)`` originals on 0–255 (their codes are the targets); or give
+            ``target`` ``(N, ...)`` and ``image_shape`` ``(C, H, W)`` instead.
+        restarts: R random initialisations per image.
+        lambda_tv, lambda_alpha: a value or a list of K values (zipped: the k-th setting uses
+            the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`,
+            with the representation's ``lambda_tv`` as the reference λ_V (a
+            :class:`~preimage.representations.cnn.CNNLayer`: the paper's weight for its depth).
+        alpha, beta: exponents of the priors.
+        schedule, iterations, lr, method: see :func:`preimage.optim.minimise`; ``None`` takes the
+            representation's ``schedule`` and the parameterisation's optimiser and rate
+            (:func:`resolve_method`; for pixels the paper's momentum at the representation's
+            ``lr``, scaled per setting by :func:`default_learning_rates` so that strong TV does not
+            make momentum GD diverge).
+        mask: optional 0/1 mask broadcastable to one code ``(1, ...)``.
+        seed: seeds the R initial noises (restart r gets the same noise for every image/setting).
+        device: where to run (default: the images'/target's device).
+        checkpoint: file prefix to save and resume each chunk's state.
+        max_batch: largest number of samples optimised at once (default: all N·R·K).
+        param: the image's parameterisation, ``"pixel"`` (the paper's), ``"fourier"`` or ``"dip"``
+            (:func:`preimage.params.get_parameterisation`); ``param_options`` its keyword
+            arguments (e.g. ``{"bounded": True}``).
+        jitter: the data term sees the image shifted by up to this many pixels, the shift drawn
+            each step, for the first :data:`JITTER_UNTIL` of the iterations (IJCV 2016);
+            ``"auto"``: a quarter of the code's stride (:func:`resolve_jitter`); None or 1: none.
+    Returns:
+        :class:`Inversion`; its ``settings["lr_halvings"]`` ``(N, R, K)`` counts the rate halvings
+        after divergence (a warning is issued when there were any).
+    """
+    image_shape = _image_shape(images, target, image_shape, restarts)
+    dev = torch.device(device) if device is not None else (images.device if images is not None else target.device)
+    rep = as_representation(representation).to(dev).eval()
+    rep.check_input(torch.zeros((1,) + image_shape, device=dev))
+    target = _target(rep, images, target, dev, dtype)
+    tvs, alphas = lambda_settings(rep, image_shape, lambda_tv, lambda_alpha, alpha, beta)
+    method, rates = resolve_method(rep, param, method, lr, tvs, beta)
+    if mask is not None:
+        mask = torch.as_tensor(mask).to(dev, dtype)
+        mask = mask[None] if mask.dim() == target.dim() - 1 else mask
+    p = _Problem(rep, target, image_shape, restarts, tvs, alphas, rates,
+                 make_schedule(schedule if schedule is not None else rep.schedule, iterations),
+                 alpha, beta, method, mask, param, dict(param_options or {}), resolve_jitter(rep, jitter))
+    chunk = max_batch or target.shape[0] * restarts * len(tvs)
+    t0 = time.perf_counter()
+    u, energy, halvings = _optimise(p, chunk, seed, dev, dtype, progress, checkpoint)
+    return _assemble(p, u, energy, halvings, chunk, seed, time.perf_counter() - t0)
 
 
 def invert_images(representation: torch.nn.Module, images: Sequence[torch.Tensor], **kwargs) -> list[Inversion]:
     """Invert a list of ``(C, H, W)`` images of possibly different sizes: images of the same size
     are batched together. Returns one :class:`Inversion` (N = 1) per input, in input order."""
-    groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault(tuple(im.shape), []).append(i)
     out: list[Inversion | None] = [None] * len(images)
-    for shape, idx in groups.items():
-        batch = torch.stack([images[i] for i in idx])
-        res = invert(representation, batch, **kwargs)
+    for idx in group_by_shape(images).values():
+        res = invert(representation, torch.stack([images[i] for i in idx]), **kwargs)
         for j, i in enumerate(idx):
             out[i] = Inversion(
                 reconstructions=res.reconstructions[j:j + 1], targets=res.targets[j:j + 1],

@@ -10,32 +10,46 @@ It runs on a whole batch at once (N images × R restarts × K regularisation set
 sample's energy is independent, so the batch is a set of independent problems sharing kernels.
 Adam and L-BFGS are available as options.
 
-Interrupted runs resume: with ``checkpoint`` set, the state (u, v, iteration, settings
-fingerprint) is written atomically to a safetensors file every ``checkpoint_every`` iterations and
-read back on the next call with the same settings.
+Pieces:
+
+* a *stepper* per method (:class:`Momentum`, :class:`Adam`, :class:`LBFGS`) owns the variables
+  (the parameters of a :class:`~preimage.params.base.Parameterisation`: ``u`` itself for pixels,
+  Fourier coefficients, a generator's weights; all sample-major) and the method's state; ``step`` makes one iteration, ``settle`` checks a recorded energy
+  for divergence, ``state_dict``/``load_state_dict`` give and take the whole state;
+* :class:`DivergenceBackoff`, the momentum stepper's policy when a sample's energy stops being
+  finite (back to its last finite state, its own rate halved);
+* :func:`minimise` runs a schedule's stages with a stepper, records energies, shows progress and
+  checkpoints, and returns an :class:`OptimResult`.
+
+The data term may see a transformed image (jitter, scale, rotation: ``transform``) while the
+priors act on the untransformed one.
+
+Interrupted runs resume: with ``checkpoint`` set, the stepper's whole state (parameters, velocity or
+Adam/L-BFGS state, per-sample rates, halving counts), the iteration and a settings fingerprint
+are written atomically to a safetensors file every ``checkpoint_every`` iterations and read back
+on the next call with the same settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .objective import InversionObjective
+from .io.cache import atomic_write_bytes, stable_key, tensors_bytes
+from .objective import EnergyTerms, InversionObjective
+from .paper import MOMENTUM, SCHEDULES
+from .params import Parameterisation
+from .params.pixel import PixelParam, unit_noise
 
-#: Stages (iterations, learning-rate multiplier) of the authors' shallow schedule: 800 iterations.
-SHALLOW_SCHEDULE = ((200, 1.0), (200, 0.1), (200, 0.01), (200, 0.001))
-#: Stages of the authors' CNN schedule: 400 iterations.
-CNN_SCHEDULE = ((100, 1.0), (200, 0.1), (100, 0.01))
-
-SCHEDULES = {"shallow": SHALLOW_SCHEDULE, "cnn": CNN_SCHEDULE}
+METHODS = ("momentum", "adam", "lbfgs")
+#: Bumped when the checkpoint layout changes: older checkpoints are then ignored (started over).
+CHECKPOINT_FORMAT = 3
 
 
 def make_schedule(schedule: str | Sequence[tuple[int, float]], iterations: int | None = None
@@ -60,212 +74,580 @@ def make_schedule(schedule: str | Sequence[tuple[int, float]], iterations: int |
     return stages
 
 
+def gaussian_init(n: int, shape: Sequence[int], seed: int | torch.Generator | None = 0,
+                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``n`` Gaussian noise images ``(n, C, H, W)``, each scaled to unit norm (σ in pixels)
+    (:func:`preimage.params.pixel.unit_noise`)."""
+    return unit_noise(n, shape, seed).to(device=device, dtype=dtype)
+
+
 @dataclass
 class OptimResult:
-    """What an optimisation returns.
+    """What an optimisation of N samples returns.
 
-    ``u``: final variables ``(N, C, H, W)``; ``energy``: final per-sample terms (floats, lists of
-    length N) under keys data/alpha/tv/total; ``history``: per-sample totals every
-    ``record_every`` iterations, ``(T, N)``; ``iterations``: iterations run in total;
-    ``resumed_from``: iteration a checkpoint was resumed from (0 if none).
+    Attributes:
+        u: final variables ``(N, C, H, W)``.
+        energy: final per-sample terms (lists of N floats) under keys data/alpha/tv/total.
+        history: per-sample totals every ``record_every`` iterations, ``(T, N)`` (NaN where a
+            sample diverged and was backed off).
+        iterations: iterations of the schedule in total.
+        backoffs: ``(N,)`` int64, rate halvings of each sample after divergence (all zero for
+            methods without back-off), counted over the whole run, resumed parts included.
+        final_lr: ``(N,)`` float64, each sample's base learning rate at the end (the given rate
+            halved ``backoffs`` times; without a stage factor).
+        resumed_from: iteration a checkpoint was resumed from (0 if none).
+        seconds: wall time of this call's iterations.
     """
 
     u: torch.Tensor
     energy: dict[str, list[float]]
     history: torch.Tensor
     iterations: int
+    backoffs: torch.Tensor
+    final_lr: torch.Tensor
     resumed_from: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
-def gaussian_init(n: int, shape: Sequence[int], seed: int | torch.Generator | None = 0,
-                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``n`` Gaussian noise images ``(n, C, H, W)``, each scaled to unit norm (σ in pixels)."""
-    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed or 0))
-    u = torch.randn((n,) + tuple(shape), generator=gen, dtype=torch.float64)
-    u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * len(shape)))
-    return u.to(device=device, dtype=dtype)
+# ----------------------------------------------------------------------------------------------
+# Steppers
+# ----------------------------------------------------------------------------------------------
+
+Transform = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def _fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+class Closure:
+    """``closure()``: E summed over the batch, with every variable's ``grad`` set; ``terms`` holds
+    the last evaluation's per-sample :class:`~preimage.objective.EnergyTerms`.
+
+    ``u = param()`` each call; the data term sees ``transform(u, iteration)`` when a transform is
+    given (the priors always see ``u``); :attr:`iteration` is set by the loop.
+    """
+
+    def __init__(self, objective: InversionObjective, param: Parameterisation, transform: Transform | None = None):
+        self.objective, self.param, self.transform = objective, param, transform
+        self.variables = [t for t in param.parameters() if t.requires_grad]
+        self.terms: EnergyTerms | None = None
+        self.iteration = 0
+
+    def __call__(self) -> torch.Tensor:
+        for t in self.variables:
+            t.grad = None
+        u = self.param()
+        seen = None if self.transform is None else self.transform(u, self.iteration)
+        terms = self.objective(u, seen)
+        terms.total.sum().backward()
+        self.terms = terms
+        return terms.total.sum()
 
 
-def _save_checkpoint(path: Path, u: torch.Tensor, v: torch.Tensor, it: int, fp: str,
-                     lr: torch.Tensor | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tensors = {"u": u.detach().cpu().contiguous(), "v": v.detach().cpu().contiguous()}
-    if lr is not None:  # per-sample rates after divergence back-offs
-        tensors["lr"] = lr.detach().cpu().contiguous()
-    save_file(tensors, str(tmp),
-              metadata={"iteration": str(it), "fingerprint": fp})
-    os.replace(tmp, path)
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A sample-major tensor viewed as ``(N, -1)``: row i is sample i's values."""
+    return t.view(n, -1)
 
 
-def _load_checkpoint(path: Path, fp: str):
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("fingerprint") != fp:
-            return None
-        t = load_file(str(path))
-        return t["u"], t["v"], int(meta["iteration"]), t.get("lr")
-    except Exception:  # a torn or foreign file: start over rather than fail
-        return None
+class Stepper:
+    """One optimisation method on the variables of ``param`` (a
+    :class:`~preimage.params.base.Parameterisation` of N samples; every variable sample-major).
+
+    ``lr``: the base rate as given (a float, or N floats for the momentum stepper), multiplied by
+    each stage's factor (:meth:`start_stage`).
+    """
+
+    #: Whether a non-finite energy raises at :meth:`settle` (``minimise(stop_on_divergence=...)``).
+    stop_on_divergence = True
+
+    def __init__(self, param: Parameterisation, lr: float | list[float]):
+        self.param = param
+        self.names = [k for k, t in param.named_parameters() if t.requires_grad]
+        self.variables = [t for t in param.parameters() if t.requires_grad]
+        self.n = int(param.n)
+        self.lr = lr
+
+    def start_stage(self, factor: float, reset: bool) -> None:
+        """Enter a stage at rate ``lr · factor``; ``reset``: the stage starts here (not resumed
+        in its middle)."""
+        raise NotImplementedError
+
+    def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
+        """One iteration; returns the energy terms evaluated (at the state before the update).
+        ``recorded``: :meth:`settle` will be called with this iteration's energy."""
+        raise NotImplementedError
+
+    def settle(self, total: torch.Tensor, iteration: int) -> torch.Tensor:
+        """Check the recorded per-sample energy ``total`` ``(N,)`` (CPU) of ``iteration``: raise
+        ``FloatingPointError`` when one is not finite (and :attr:`stop_on_divergence`); returns
+        the energy to record."""
+        if self.stop_on_divergence and not torch.isfinite(total).all():
+            raise FloatingPointError(f"the objective diverged (non-finite) at iteration {iteration}; "
+                                     f"lower the learning rate (now {self.lr})")
+        return total
+
+    def rates(self) -> torch.Tensor:
+        """``(N,)`` float64: each sample's base rate now."""
+        return torch.full((self.n,), float(self.lr), dtype=torch.float64)
+
+    def halvings(self) -> torch.Tensor:
+        """``(N,)`` int64: rate halvings of each sample so far."""
+        return torch.zeros(self.n, dtype=torch.long)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: tensors, numbers and lists of tensors, keyed by name (the variables
+        under ``param.<name>``)."""
+        return {f"param.{k}": t.detach() for k, t in zip(self.names, self.variables)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a state of :meth:`state_dict` (same batch and shapes)."""
+        with torch.no_grad():
+            for k, t in zip(self.names, self.variables):
+                t.copy_(state[f"param.{k}"])
 
 
-def minimise(objective: InversionObjective, u0: torch.Tensor, *, lr: float | Sequence[float],
-             schedule: str | Sequence[tuple[int, float]] = "shallow", iterations: int | None = None,
-             method: str = "momentum", momentum: float = 0.9, progress: bool | str = True,
-             record_every: int = 10, checkpoint: str | Path | None = None, checkpoint_every: int = 50,
-             callback: Callable[[int, torch.Tensor], None] | None = None,
-             stop_on_divergence: bool = True, max_backoffs: int = 8) -> OptimResult:
-    """Minimise ``objective`` from ``u0`` ``(N, C, H, W)``.
+class DivergenceBackoff:
+    """What the momentum stepper does when a sample's energy stops being finite.
+
+    The high-order α-norm makes too large a rate blow up rather than oscillate. At each recorded
+    iteration a sample whose energy is not finite is put back to its last finite state (the last
+    recorded state with an energy not above the run's starting energy), its velocity zeroed and
+    its own rate halved, up to ``max_halvings`` times; then ``FloatingPointError`` is raised.
+    """
+
+    def __init__(self, variables: Sequence[torch.Tensor], n: int, max_halvings: int):
+        self.max_halvings = int(max_halvings)
+        self.n = int(n)
+        self.safe = [t.detach().clone() for t in variables]  # last state with a finite energy
+        self.halvings = torch.zeros(self.n, dtype=torch.long)
+        self.start_energy: torch.Tensor | None = None  # only states below it are kept as safe
+
+    def observe(self, total: torch.Tensor) -> None:
+        """Note the energy ``(N,)`` of an evaluation (the first one is the starting energy)."""
+        if self.start_energy is None:
+            self.start_energy = total.detach().cpu()
+
+    def accept(self, total: torch.Tensor, evaluated: Sequence[torch.Tensor]) -> None:
+        """All of ``total`` is finite: keep ``evaluated`` (the variables of that energy) as the
+        safe state of the samples not above their starting energy."""
+        with torch.no_grad():
+            for safe, ev in zip(self.safe, evaluated):
+                keep = (total <= self.start_energy).nonzero().flatten().to(ev.device)
+                _rows(safe, self.n)[keep] = _rows(ev, self.n)[keep]
+
+    def restore(self, variables: Sequence[torch.Tensor], idx: torch.Tensor) -> None:
+        """Put the samples ``idx`` of ``variables`` back to their safe state."""
+        with torch.no_grad():
+            for t, safe in zip(variables, self.safe):
+                _rows(t, self.n)[idx] = _rows(safe, self.n)[idx]
+
+    def charge(self, bad: torch.Tensor, iteration: int, rates: torch.Tensor) -> None:
+        """Count one halving for the samples ``bad`` ``(N,)`` bool; raise ``FloatingPointError``
+        when one of them has had ``max_halvings`` already."""
+        if int(self.halvings[bad].max()) >= self.max_halvings:
+            raise FloatingPointError(
+                f"the objective diverged (non-finite) at iteration {iteration} after {self.max_halvings} "
+                f"rate halvings; lower the learning rate (now {rates.flatten().tolist()})")
+        self.halvings[bad] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """``backoff.safe`` (a list of the variables' safe values), ``backoff.halvings`` ``(N,)``
+        int64 and, once known, ``backoff.start_energy`` ``(N,)``."""
+        state = {"backoff.safe": self.safe, "backoff.halvings": self.halvings}
+        if self.start_energy is not None:
+            state["backoff.start_energy"] = self.start_energy
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a state of :meth:`state_dict`."""
+        self.safe = [t.to(s, copy=True) for t, s in zip(state["backoff.safe"], self.safe)]
+        self.halvings = state["backoff.halvings"].to(torch.long).clone()
+        start = state.get("backoff.start_energy")
+        self.start_energy = None if start is None else start.clone()
+
+
+class Momentum(Stepper):
+    """The paper's momentum descent ``v ← m·v − η_t ∇E; θ ← θ + v`` with per-sample rates, on
+    every variable θ of the parameterisation.
+
+    ``lr``: one rate or N (one per sample); ``backoff``: the divergence policy, or ``None``
+    (then :meth:`settle` raises, or lets non-finite samples go on when ``stop_on_divergence`` is
+    False).
+    """
+
+    def __init__(self, param: Parameterisation, lr: float | list[float], momentum: float = MOMENTUM,
+                 backoff: DivergenceBackoff | None = None):
+        super().__init__(param, lr)
+        self.momentum = momentum
+        self.v = [torch.zeros_like(t) for t in self.variables]
+        first = self.variables[0]
+        t = torch.as_tensor(lr, dtype=first.dtype, device=first.device).flatten()
+        self.lr_b = t.view(-1, 1).expand(self.n, 1).clone()  # (N, 1)
+        self.backoff = backoff
+        self.factor = 1.0
+        self._evaluated: list[torch.Tensor] | None = None
+
+    def start_stage(self, factor: float, reset: bool) -> None:
+        self.factor = factor
+        if reset:  # momentum reset at each rate change (kept when resuming mid-stage)
+            for v in self.v:
+                v.zero_()
+
+    def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
+        closure()
+        if self.backoff is not None:
+            self.backoff.observe(closure.terms.total)
+            if recorded:  # the state whose energy is recorded
+                self._evaluated = [t.detach().clone() for t in self.variables]
+        with torch.no_grad():
+            for t, v in zip(self.variables, self.v):
+                rows_v = _rows(v, self.n)
+                rows_v.mul_(self.momentum).sub_((self.lr_b * self.factor) * t.grad.reshape(self.n, -1))
+                _rows(t, self.n).add_(rows_v)
+        return closure.terms
+
+    def settle(self, total: torch.Tensor, iteration: int) -> torch.Tensor:
+        if self.backoff is None:
+            return super().settle(total, iteration)
+        bad = ~torch.isfinite(total)
+        if not bad.any():
+            self.backoff.accept(total, self._evaluated)
+            return total
+        self.backoff.charge(bad, iteration, self.lr_b)
+        idx = bad.nonzero().flatten().to(self.lr_b.device)
+        self.backoff.restore(self.variables, idx)  # back off: last finite state, no velocity, half the rate
+        with torch.no_grad():
+            for v in self.v:
+                _rows(v, self.n)[idx] = 0
+            self.lr_b[idx] = self.lr_b[idx] / 2
+        total = total.clone()
+        total[bad] = float("nan")
+        return total
+
+    def rates(self) -> torch.Tensor:
+        return self.lr_b.flatten().detach().cpu().double()
+
+    def halvings(self) -> torch.Tensor:
+        return super().halvings() if self.backoff is None else self.backoff.halvings.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), "v": self.v, "lr": self.lr_b}
+        if self.backoff is not None:
+            state.update(self.backoff.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for v, saved in zip(self.v, state["v"]):
+            v.copy_(saved)
+        self.lr_b.copy_(state["lr"])
+        if self.backoff is not None:
+            if "backoff.halvings" in state:
+                self.backoff.load_state_dict(state)
+            else:  # saved without back-off (max_backoffs=0): the loaded state is the safe one
+                self.backoff.safe = [t.detach().clone() for t in self.variables]
+
+
+class _TorchStepper(Stepper):
+    """A ``torch.optim`` method on the variables; variable i's per-parameter state is saved under
+    ``opt.<i>.<key>``."""
+
+    def __init__(self, param: Parameterisation, lr: float, make: Callable[[list], torch.optim.Optimizer]):
+        super().__init__(param, lr)
+        self.optimizer = make(self.variables)
+
+    def start_stage(self, factor: float, reset: bool) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * factor
+
+    def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
+        self.optimizer.step(closure)
+        return closure.terms
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for i, t in enumerate(self.variables):
+            for key, value in self.optimizer.state.get(t, {}).items():
+                state[f"opt.{i}.{key}"] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for i, t in enumerate(self.variables):
+            prefix = f"opt.{i}."
+            self.optimizer.state[t] = {key[len(prefix):]: _to_device(value, t.device)
+                                       for key, value in state.items() if key.startswith(prefix)}
+
+
+class Adam(_TorchStepper):
+    """Adam (``torch.optim.Adam``) at rate ``lr`` × the stage factor; one rate for the batch."""
+
+    def __init__(self, param: Parameterisation, lr: float):
+        super().__init__(param, lr, lambda v: torch.optim.Adam(v, lr=lr))
+
+
+class LBFGS(_TorchStepper):
+    """L-BFGS (one iteration per step, history 20, strong Wolfe line search) at rate ``lr`` ×
+    the stage factor; one rate for the batch (its line search couples the samples)."""
+
+    def __init__(self, param: Parameterisation, lr: float):
+        super().__init__(param, lr, lambda v: torch.optim.LBFGS(v, lr=lr, max_iter=1, history_size=20,
+                                                               line_search_fn="strong_wolfe"))
+
+
+def _to_device(value, device):
+    """Tensors of a loaded optimiser state back on ``device`` (0-dim counters stay on the CPU)."""
+    if torch.is_tensor(value):
+        return value.to(device) if value.dim() > 0 else value
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
+def make_stepper(method: str, param: Parameterisation, lr: float | list[float], momentum: float = MOMENTUM,
+                 max_backoffs: int = 8, stop_on_divergence: bool = True) -> Stepper:
+    """The stepper of ``method`` (``"momentum"``, ``"adam"`` or ``"lbfgs"``) on ``param``'s variables.
+
+    The momentum stepper backs off divergence (:class:`DivergenceBackoff`) when
+    ``stop_on_divergence`` and ``max_backoffs > 0``; the others raise on divergence when
+    ``stop_on_divergence``.
+    """
+    if method == "momentum":
+        backoff = None
+        if stop_on_divergence and max_backoffs > 0:
+            backoff = DivergenceBackoff([t for t in param.parameters() if t.requires_grad], param.n, max_backoffs)
+        stepper: Stepper = Momentum(param, lr, momentum, backoff)
+    elif method == "adam":
+        stepper = Adam(param, lr)
+    elif method == "lbfgs":
+        stepper = LBFGS(param, lr)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    stepper.stop_on_divergence = stop_on_divergence
+    return stepper
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def _flatten_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """A stepper state → (tensors, layout): numbers go in the layout, lists of tensors by index."""
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {}
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            tensors[key] = value
+            layout[key] = {"tensor": key}
+        elif isinstance(value, (list, tuple)):
+            names = [None if v is None else f"{key}.{i}" for i, v in enumerate(value)]
+            tensors.update({n: v for n, v in zip(names, value) if n is not None})
+            layout[key] = {"list": names}
+        else:
+            layout[key] = {"value": value}
+    return tensors, layout
+
+
+def _unflatten_state(tensors: dict[str, torch.Tensor], layout: dict) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for key, spec in layout.items():
+        if "tensor" in spec:
+            state[key] = tensors[spec["tensor"]]
+        elif "list" in spec:
+            state[key] = [None if n is None else tensors[n] for n in spec["list"]]
+        else:
+            state[key] = spec["value"]
+    return state
+
+
+class Checkpoint:
+    """A safetensors file holding a stepper's whole state at an iteration, for one fingerprint
+    of the settings; written atomically every ``every`` iterations (``path=None``: no file)."""
+
+    def __init__(self, path: str | Path | None, fingerprint: str, every: int = 50):
+        self.path = Path(path) if path else None
+        self.fingerprint = fingerprint
+        self.every = int(every)
+
+    def due(self, iteration: int, total: int) -> bool:
+        """Whether to save after ``iteration`` of ``total`` (the last one is saved by the caller)."""
+        return self.path is not None and iteration % self.every == 0 and iteration < total
+
+    def save(self, stepper: Stepper, iteration: int) -> None:
+        """Write ``stepper``'s state at ``iteration``."""
+        if self.path is None:
+            return
+        tensors, layout = _flatten_state(stepper.state_dict())
+        meta = {"iteration": str(iteration), "fingerprint": self.fingerprint,
+                "layout": json.dumps(layout)}
+        atomic_write_bytes(self.path, tensors_bytes(tensors, meta))
+
+    def restore(self, stepper: Stepper) -> int:
+        """Load the saved state into ``stepper`` and return its iteration; 0 (stepper untouched)
+        when there is no file, it belongs to other settings, or it is torn or foreign."""
+        if self.path is None or not self.path.exists():
+            return 0
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        try:
+            with safe_open(str(self.path), "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("fingerprint") != self.fingerprint:
+                return 0
+            state = _unflatten_state(load_file(str(self.path)), json.loads(meta["layout"]))
+            iteration = int(meta["iteration"])
+        except Exception:  # a torn or foreign file: start over rather than fail
+            return 0
+        stepper.load_state_dict(state)
+        return iteration
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+class _Recorder:
+    """Energies every ``every`` iterations (checked by the stepper), progress bar and callback."""
+
+    def __init__(self, total: int, start: int, every: int, progress: bool | str,
+                 callback: Callable[[int, torch.Tensor], None] | None):
+        self.total, self.every, self.callback = total, int(every), callback
+        self.history: list[torch.Tensor] = []
+        desc = progress if isinstance(progress, str) else "inverting"
+        self.bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False,
+                        dynamic_ncols=True)
+
+    def due(self, step: int) -> bool:
+        """Whether iteration ``step`` (1-based) is recorded."""
+        return step % self.every == 0 or step == self.total
+
+    def record(self, step: int, terms: EnergyTerms, stepper: Stepper) -> None:
+        """Record iteration ``step``'s energies (after the stepper's divergence check)."""
+        with torch.no_grad():
+            total = terms.total.detach().cpu()
+        total = stepper.settle(total, step)
+        self.history.append(total)
+        self.bar.set_postfix(E=f"{float(total.mean()):.4g}", data=f"{float(terms.data.detach().mean()):.4g}")
+        if self.callback is not None:
+            with torch.no_grad():
+                self.callback(step, stepper.param().detach())
+
+    def stacked(self, n: int) -> torch.Tensor:
+        """The recorded energies ``(T, n)``."""
+        return torch.stack(self.history) if self.history else torch.zeros(0, n)
+
+
+def _run_stages(stepper: Stepper, closure: Closure, stages, start: int, recorder: _Recorder,
+                checkpoint: Checkpoint) -> None:
+    """Iterations ``start`` … end of ``stages`` (a stage's rate set on entry, momentum reset at
+    the start of each stage not resumed in its middle)."""
+    end = 0
+    for n_stage, factor in stages:
+        stage_start, end = end, end + n_stage
+        if end <= start:
+            continue
+        stepper.start_stage(factor, reset=stage_start >= start)
+        for k in range(max(stage_start, start), end):
+            step = k + 1
+            closure.iteration = k
+            recorded = recorder.due(step)
+            terms = stepper.step(closure, recorded)
+            if recorded:
+                recorder.record(step, terms, stepper)
+            if checkpoint.due(step, recorder.total):
+                checkpoint.save(stepper, step)
+            recorder.bar.update(1)
+
+
+def _rates(lr: float | Sequence[float], method: str, n: int, dtype: torch.dtype) -> float | list[float]:
+    """Validate ``lr``: one positive finite rate, or one per sample (momentum only), rounded to
+    the variables' ``dtype``."""
+    t = torch.as_tensor(lr, dtype=dtype).flatten()
+    if t.numel() not in (1, n) or not torch.isfinite(t).all() or (t <= 0).any():
+        raise ValueError(f"lr must be positive and finite, one value or one per sample; got {lr}")
+    if t.numel() > 1 and method != "momentum":
+        raise ValueError("per-sample learning rates need method='momentum'")
+    return float(t[0]) if t.numel() == 1 else t.tolist()
+
+
+def _fingerprint(objective: InversionObjective, param: Parameterisation, lr, stages, method: str,
+                 momentum: float, transform: Transform | None) -> str:
+    """Key of everything that determines the optimisation (a checkpoint is resumed only under it)."""
+    variables = {k: [list(t.shape), float(t.detach().double().sum())] for k, t in param.named_parameters()}
+    return stable_key(dict(
+        format=CHECKPOINT_FORMAT, lr=lr, stages=stages, method=method, momentum=momentum,
+        param=type(param).__name__, variables=variables, transform=repr(transform),
+        lambda_tv=objective.lambda_tv.tolist(), lambda_alpha=objective.lambda_alpha.tolist(),
+        target=float(objective.target.double().sum())))
+
+
+def as_parameterisation(variables: torch.Tensor | Parameterisation) -> Parameterisation:
+    """``variables`` itself when it is a parameterisation; an initial ``u`` ``(N, C, H, W)`` →
+    a :class:`~preimage.params.pixel.PixelParam` holding a copy of it."""
+    if isinstance(variables, Parameterisation):
+        return variables
+    if not torch.is_tensor(variables) or variables.dim() != 4:
+        raise ValueError("minimise needs an initial u (N, C, H, W) or a Parameterisation")
+    param = PixelParam(tuple(variables.shape[1:]), variables.shape[0]).to(variables.device, variables.dtype)
+    with torch.no_grad():
+        param.u.copy_(variables)
+    return param
+
+
+def minimise(objective: InversionObjective, variables: torch.Tensor | Parameterisation, *,
+             lr: float | Sequence[float], schedule: str | Sequence[tuple[int, float]] = "shallow",
+             iterations: int | None = None, method: str = "momentum", momentum: float = MOMENTUM,
+             progress: bool | str = True, record_every: int = 10, checkpoint: str | Path | None = None,
+             checkpoint_every: int = 50, callback: Callable[[int, torch.Tensor], None] | None = None,
+             stop_on_divergence: bool = True, max_backoffs: int = 8,
+             transform: Transform | None = None) -> OptimResult:
+    """Minimise ``objective`` over ``variables``.
 
     Args:
         objective: an :class:`InversionObjective` for a batch of N.
-        u0: initial variables (see :func:`gaussian_init`).
+        variables: the initial ``u`` ``(N, C, H, W)`` (see :func:`gaussian_init`; optimised as
+            pixels, a copy), or a :class:`~preimage.params.base.Parameterisation` of N samples
+            (optimised in place).
         lr: base learning rate η (multiplied by each stage's factor); with ``method="momentum"``
             a sequence of N values gives each sample its own rate (batched learning-rate sweeps).
         schedule: ``"shallow"`` (800 its), ``"cnn"`` (400 its) or ``[(iterations, factor), …]``.
         iterations: rescale the schedule to this many iterations.
-        method: ``"momentum"`` (the paper's), ``"adam"`` or ``"lbfgs"``.
+        method: ``"momentum"`` (the paper's), ``"adam"`` or ``"lbfgs"`` (see :func:`make_stepper`).
         progress: show a tqdm bar (a string is used as its description).
         record_every: record per-sample energies every this many iterations.
         checkpoint: file to save/resume state (safetensors), written atomically.
         callback: called as ``callback(iteration, u)`` after each recorded iteration.
-        stop_on_divergence: when a sample's energy stops being finite, with ``method="momentum"``
-            the sample is put back to its last finite state (checked every ``record_every``
-            iterations), its velocity zeroed and its own rate halved, up to ``max_backoffs`` times
-            (the high-order α-norm makes too large a rate blow up rather than oscillate); then,
-            or with the other methods, ``FloatingPointError`` is raised. When False the sample is
-            left non-finite (its energy reads NaN/Inf) and the others go on (learning-rate sweeps).
+        stop_on_divergence: when a sample's energy stops being finite (checked at recorded
+            iterations), with ``method="momentum"`` it is backed off (:class:`DivergenceBackoff`)
+            up to ``max_backoffs`` times; then, or with the other methods, ``FloatingPointError``
+            is raised. When False the sample is left non-finite (its energy reads NaN/Inf) and
+            the others go on (learning-rate sweeps).
         max_backoffs: most rate halvings per sample before giving up (0: raise at once).
+        transform: ``transform(u, iteration)`` → the ``(N, C, H, W)`` the data term sees at that
+            0-based iteration (jitter and the like, :mod:`preimage.transforms`); the priors and
+            the final energies use ``u`` itself.
     Returns:
         :class:`OptimResult`.
     """
-    import time
-
     stages = make_schedule(schedule, iterations)
     total = sum(n for n, _ in stages)
-    if method not in ("momentum", "adam", "lbfgs"):
-        raise ValueError(f"unknown method {method!r}; valid: momentum, adam, lbfgs")
-    lr_t = torch.as_tensor(lr, dtype=u0.dtype, device=u0.device).flatten()
-    if lr_t.numel() not in (1, u0.shape[0]) or not torch.isfinite(lr_t).all() or (lr_t <= 0).any():
-        raise ValueError(f"lr must be positive and finite, one value or one per sample; got {lr}")
-    if lr_t.numel() > 1 and method != "momentum":
-        raise ValueError("per-sample learning rates need method='momentum'")
-    lr_b = lr_t.view(-1, *([1] * (u0.dim() - 1))).expand(u0.shape[0], *([1] * (u0.dim() - 1))).clone()
-    lr = float(lr_t[0]) if lr_t.numel() == 1 else lr_t.tolist()
-    settings = dict(lr=lr, stages=stages, method=method, momentum=momentum, shape=list(u0.shape),
-                    init=float(u0.double().sum()), lambda_tv=objective.lambda_tv.tolist(),
-                    lambda_alpha=objective.lambda_alpha.tolist(), target=float(objective.target.double().sum()))
-    fp = _fingerprint(settings)
-    u = u0.detach().clone()
-    v = torch.zeros_like(u)
-    start = 0
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        loaded = _load_checkpoint(ckpt, fp)
-        if loaded is not None:
-            u, v, start = (loaded[0].to(u0), loaded[1].to(u0), loaded[2])
-            if loaded[3] is not None and loaded[3].shape == lr_b.shape:
-                lr_b = loaded[3].to(u0)
-    resumed_from = start
-    backoff = stop_on_divergence and method == "momentum" and max_backoffs > 0
-    safe_u = u.detach().clone() if backoff else None  # last state with a finite energy, per sample
-    backoffs = torch.zeros(u.shape[0], dtype=torch.long)
-    e_start = None  # per-sample energy where this run started: only states below it are kept as safe
-    u.requires_grad_(True)
-
-    opt = None
-    if method == "adam":
-        opt = torch.optim.Adam([u], lr=lr)
-    elif method == "lbfgs":
-        opt = torch.optim.LBFGS([u], lr=lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
-
-    history = []
-    desc = progress if isinstance(progress, str) else "inverting"
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    param = as_parameterisation(variables)
+    lr = _rates(lr, method, param.n, next(param.parameters()).dtype)
+    ckpt = Checkpoint(checkpoint, _fingerprint(objective, param, lr, stages, method, momentum, transform),
+                      checkpoint_every)
+    stepper = make_stepper(method, param, lr, momentum, max_backoffs, stop_on_divergence)
+    start = ckpt.restore(stepper)
+    recorder = _Recorder(total, start, record_every, progress, callback)
     t0 = time.perf_counter()
-    it = 0
-    last_terms = None
-    for n_stage, factor in stages:
-        stage_start, stage_end = it, it + n_stage
-        it = stage_end
-        if stage_end <= start:
-            continue
-        eta = None if method == "momentum" else lr * factor  # momentum: per-sample lr_b · factor
-        if method == "momentum":
-            if stage_start >= start:  # momentum reset at each rate change (kept when resuming mid-stage)
-                v.zero_()
-        elif opt is not None:
-            for g in opt.param_groups:
-                g["lr"] = eta
-        for k in range(max(stage_start, start), stage_end):
-            def closure():
-                if u.grad is not None:
-                    u.grad = None
-                terms = objective(u)
-                terms.total.sum().backward()
-                closure.terms = terms
-                return terms.total.sum()
-            if method == "momentum":
-                closure()
-                if e_start is None:
-                    e_start = closure.terms.total.detach().cpu()
-                if backoff and ((k + 1) % record_every == 0 or k + 1 == total):
-                    u_eval = u.detach().clone()  # the state whose energy is recorded below
-                with torch.no_grad():
-                    v.mul_(momentum).sub_((lr_b * factor) * u.grad)
-                    u.add_(v)
-            else:
-                opt.step(closure)
-            last_terms = closure.terms
-            step = k + 1
-            if step % record_every == 0 or step == total:
-                with torch.no_grad():
-                    tot = last_terms.total.detach().cpu()
-                bad = ~torch.isfinite(tot)
-                if stop_on_divergence and bad.any():
-                    if not backoff or int(backoffs[bad].max()) >= max_backoffs:
-                        bar.close()
-                        raise FloatingPointError(
-                            f"the objective diverged (non-finite) at iteration {step}"
-                            + (f" after {max_backoffs} rate halvings" if backoff else "")
-                            + f"; lower the learning rate (now {lr_b.flatten().tolist() if backoff else lr})")
-                    with torch.no_grad():  # back off: last finite state, no velocity, half the rate
-                        idx = bad.nonzero().flatten().to(u.device)
-                        u[idx] = safe_u[idx]
-                        v[idx] = 0
-                        lr_b[idx] = lr_b[idx] / 2
-                        backoffs[bad] += 1
-                        tot = tot.clone()
-                        tot[bad] = float("nan")
-                elif backoff:
-                    keep = (tot <= e_start).nonzero().flatten().to(u.device)
-                    with torch.no_grad():
-                        safe_u[keep] = u_eval[keep]
-                history.append(tot)
-                bar.set_postfix(E=f"{float(tot.mean()):.4g}", data=f"{float(last_terms.data.detach().mean()):.4g}")
-                if callback is not None:
-                    callback(step, u.detach())
-            if ckpt is not None and step % checkpoint_every == 0 and step < total:
-                _save_checkpoint(ckpt, u, v, step, fp, lr_b)
-            bar.update(1)
-    bar.close()
+    try:
+        _run_stages(stepper, Closure(objective, param, transform), stages, start, recorder, ckpt)
+    finally:
+        recorder.bar.close()
     seconds = time.perf_counter() - t0
-    u = u.detach()
     with torch.no_grad():
+        u = param().detach()
         final = objective(u)
-    energy = {k: getattr(final, k).detach().cpu().double().tolist() for k in ("data", "alpha", "tv", "total")}
-    if ckpt is not None:
-        _save_checkpoint(ckpt, u, v, total, fp, lr_b)
-    hist = torch.stack(history) if history else torch.zeros(0, u.shape[0])
-    extra = {}
-    if int(backoffs.sum()):
-        extra = {"backoffs": backoffs.tolist(), "final_lr": lr_b.flatten().tolist()}
-    return OptimResult(u=u, energy=energy, history=hist, iterations=total, resumed_from=resumed_from,
-                       seconds=seconds, extra=extra)
+    ckpt.save(stepper, total)
+    return OptimResult(
+        u=u, energy={k: getattr(final, k).detach().cpu().double().tolist() for k in ("data", "alpha", "tv", "total")},
+        history=recorder.stacked(param.n), iterations=total, backoffs=stepper.halvings(),
+        final_lr=stepper.rates(), resumed_from=start, seconds=seconds)

@@ -14,9 +14,10 @@ from torch import nn
 from preimage.data import missing_reason, shared_dir
 from preimage.errors import PreimageError, UnknownNameError
 from preimage.models import MODEL_NAMES, get_model
-from preimage.models.layers_table import format_layers
-from preimage.representations.cnn import CNNLayer, list_layers, paper_lambda_tv
-from fx_helpers import node_value
+from preimage.representations.layers_table import format_layers
+from preimage.paper import lambda_tv_for_depth as paper_lambda_tv
+from preimage.representations.cnn import CNNLayer, list_layers
+from helpers import node_value
 
 
 class Boom(nn.Module):

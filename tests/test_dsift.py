@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from preimage import data
+from helpers import eval_image_paths, seeded_noise, vlfeat_dsift, waves
+from preimage.io.images import centre_crop, load_image
 from preimage.representations import get_representation
 from preimage.representations.dsift import (
     FLT_EPSILON, DenseSIFT, _Normalize, _OrientedGradients, fast_atan2_turns, fast_sqrt)
@@ -32,47 +33,30 @@ _TRANSPOSED = (2 - _C % 8) % 8 + 8 * (_C // 32) + 32 * ((_C // 8) % 4)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sift():
-    return pytest.importorskip("cyvlfeat.sift")
-
-
-def vlfeat(sift, img: np.ndarray, bin_size: int, step: int):
-    """cyvlfeat fast dense SIFT, float descriptors: frames (N, 2) [y, x], descriptors (N, 128)."""
-    return sift.dsift(np.ascontiguousarray(img, dtype=np.float32), step=step, size=bin_size,
-                      fast=True, float_descriptors=True)
-
-
 def ours(module: DenseSIFT, img: np.ndarray, dtype=torch.float32) -> np.ndarray:
     """Our descriptors of one (H, W) image in VLFeat's frame order, (N, 128) float64."""
     out = module(torch.from_numpy(np.asarray(img, dtype=np.float64)).to(dtype)[None, None])
     return out[0].reshape(out.shape[1], -1).T.double().numpy()
 
 
-def vlfeat_self_noise(sift, img: np.ndarray, bin_size: int, step: int, desc: np.ndarray) -> np.ndarray:
+def vlfeat_self_noise(img: np.ndarray, bin_size: int, step: int, desc: np.ndarray) -> np.ndarray:
     """Per frame, max |VLFeat(img) − VLFeat(imgᵀ) mapped back|: VLFeat's own float noise (N,)."""
     h, w = img.shape
     ny, nx = DenseSIFT(bin_size=bin_size, step=step).grid_size(h, w)
-    _, dt = vlfeat(sift, img.T, bin_size, step)
+    _, dt = vlfeat_dsift(img.T, bin_size, step)
     dt = dt.reshape(nx, ny, 128).transpose(1, 0, 2).reshape(-1, 128)[:, _TRANSPOSED]
     return np.abs(dt - desc).max(1)
 
 
 def center_crop(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    y0, x0 = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-    return np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w])
+    """The central (h, w) window of an (H, W) array, contiguous."""
+    return centre_crop(torch.from_numpy(img), (h, w)).numpy()
 
 
 @pytest.fixture(scope="module")
 def eval_grey():
     """Grey eval images as float32 (H, W) arrays on 0–255, loaded lazily by index."""
-    if data.shared_dir() is None:
-        pytest.skip(data.missing_reason())
-    try:
-        paths = data.eval_images()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    from preimage.imageio import load_image
+    paths = eval_image_paths()
     cache = {}
 
     def get(i: int) -> np.ndarray:
@@ -98,93 +82,93 @@ def assert_within_vlfeat_noise(err: np.ndarray, noise: np.ndarray, what: str) ->
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 @pytest.mark.parametrize("size,index", [((227, 227), 0), ((227, 227), 12), ((224, 224), 30),
                                         ((333, 500), 4), ((333, 500), 98)])
-def test_matches_vlfeat_on_real_images(sift, eval_grey, setting, size, index):
+def test_matches_vlfeat_on_real_images(eval_grey, setting, size, index):
     kw = SETTINGS[setting]
     img = eval_grey(index)
     if img.shape[0] < size[0] or img.shape[1] < size[1]:
         pytest.skip(f"eval image {index} is smaller than {size}")
     img = center_crop(img, *size)
-    frames, desc = vlfeat(sift, img, kw["bin_size"], kw["step"])
+    frames, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"])
     mine = ours(DenseSIFT(**kw), img)
     assert mine.shape == desc.shape
     err = np.abs(mine - desc).max(1)
-    noise = vlfeat_self_noise(sift, img, kw["bin_size"], kw["step"], desc)
+    noise = vlfeat_self_noise(img, kw["bin_size"], kw["step"], desc)
     assert_within_vlfeat_noise(err, noise, f"{setting} {size} image {index}")
     # the bulk agrees far more tightly than the worst weak-gradient frames
     assert np.median(err) <= TOL, f"median frame difference {np.median(err):.2e}"
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_matches_vlfeat_float64_input(sift, eval_grey, setting):
+def test_matches_vlfeat_float64_input(eval_grey, setting):
     kw = SETTINGS[setting]
     img = center_crop(eval_grey(3), 227, 227)
-    _, desc = vlfeat(sift, img, kw["bin_size"], kw["step"])
+    _, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"])
     m = DenseSIFT(**kw)
     single, double = ours(m, img), ours(m, img, torch.float64)
     assert np.abs(single - double).max() <= 1e-3
     err = np.abs(double - desc).max(1)
-    assert_within_vlfeat_noise(err, vlfeat_self_noise(sift, img, kw["bin_size"], kw["step"], desc),
+    assert_within_vlfeat_noise(err, vlfeat_self_noise(img, kw["bin_size"], kw["step"], desc),
                                f"{setting} float64")
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_matches_vlfeat_low_contrast_image(sift, eval_grey, setting):
+def test_matches_vlfeat_low_contrast_image(eval_grey, setting):
     """A real image with its contrast divided by 50 (about 5 grey levels of spread)."""
     kw = SETTINGS[setting]
     img = center_crop(eval_grey(7), 227, 227).astype(np.float64)
     img = (128.0 + (img - img.mean()) / 50.0).astype(np.float32)
     assert img.std() < 2.0
-    _, desc = vlfeat(sift, img, kw["bin_size"], kw["step"])
+    _, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"])
     err = np.abs(ours(DenseSIFT(**kw), img) - desc).max(1)
-    noise = vlfeat_self_noise(sift, img, kw["bin_size"], kw["step"], desc)
+    noise = vlfeat_self_noise(img, kw["bin_size"], kw["step"], desc)
     assert_within_vlfeat_noise(err, noise, f"{setting} low contrast")
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_matches_vlfeat_strictly_on_small_images(sift, eval_grey, setting):
+def test_matches_vlfeat_strictly_on_small_images(eval_grey, setting):
     """Small crops: VLFeat's running sums stay small, so its noise is negligible: ≤ 1e-3 everywhere."""
     kw = SETTINGS[setting]
     m = DenseSIFT(**kw)
     worst = 0.0
     for index, (y0, x0) in [(0, (100, 200)), (12, (60, 60)), (30, (150, 90))]:
         img = np.ascontiguousarray(eval_grey(index)[y0:y0 + 48, x0:x0 + 56])
-        _, desc = vlfeat(sift, img, kw["bin_size"], kw["step"])
+        _, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"])
         worst = max(worst, np.abs(ours(m, img) - desc).max())
     assert worst <= TOL, f"max |ours − VLFeat| = {worst:.2e}"
 
 
 @pytest.mark.parametrize("amplitude", [1e-1, 1e-2, 1e-3, 3e-4, 1e-4])
-def test_matches_vlfeat_on_nearly_flat_images(sift, amplitude):
+def test_matches_vlfeat_on_nearly_flat_images(amplitude):
     """One faint bump in a flat 40×40 image: descriptors of ~1e-4 norm, where FLT_EPSILON and the
     fast square root's 1e-8 threshold decide the output (this pins VLFeat's histogram scale)."""
     img = np.full((40, 40), 100.0, np.float32)
     img[20, 17] += amplitude
     img[9, 30] -= amplitude / 3
-    _, desc = vlfeat(sift, img, 8, 8)
+    _, desc = vlfeat_dsift(img, 8, 8)
     assert np.abs(ours(DenseSIFT(), img) - desc).max() <= TOL
 
 
-def test_matches_vlfeat_on_synthetic_patterns(sift):
+def test_matches_vlfeat_on_synthetic_patterns():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:37, 0:45].astype(np.float64)
     images = [rng.random((37, 45)) * 255,                        # noise
-              20.0 * np.sin(xx / 3.0) * np.cos(yy / 5.0) + 128,   # smooth, all orientations
+              waves(37, 45, amplitude=20.0, period_x=3.0, period_y=5.0),  # smooth, all orientations
               np.where(xx + 0.5 * yy > 30, 200.0, 50.0),          # a straight edge
               xx * 2.0, -yy * 0.5 + 100]                          # ramps: exact bin-centre angles
     for img in images:
         for kw in SETTINGS.values():
-            _, desc = vlfeat(sift, img, kw["bin_size"], kw["step"])
+            _, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"])
             assert np.abs(ours(DenseSIFT(**kw), img) - desc).max() <= TOL
 
 
 @pytest.mark.parametrize("kw", [dict(bin_size=3, step=2), dict(bin_size=7, step=1),
                                 dict(bin_size=5, step=4, window_size=1.5),
                                 dict(bin_size=4, step=3, num_spatial_bins=3, num_orientations=6)])
-def test_matches_vlfeat_other_geometries(sift, kw):
+def test_matches_vlfeat_other_geometries(kw):
     img = np.random.default_rng(3).random((45, 52)).astype(np.float32) * 255
     nb, no = kw.get("num_spatial_bins", 4), kw.get("num_orientations", 8)
-    frames, desc = sift.dsift(img, step=kw["step"], size=kw["bin_size"], fast=True, float_descriptors=True,
-                              geometry=(nb, nb, no), window_size=kw.get("window_size", -1))
+    frames, desc = vlfeat_dsift(img, kw["bin_size"], kw["step"], geometry=(nb, nb, no),
+                                window_size=kw.get("window_size", -1))
     m = DenseSIFT(**kw)
     mine = ours(m, img)
     assert mine.shape == desc.shape == (len(frames), no * nb * nb)
@@ -193,13 +177,12 @@ def test_matches_vlfeat_other_geometries(sift, kw):
     np.testing.assert_array_equal(np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2), frames)
 
 
-def test_histogram_scale_matches_vlfeat_energy(sift):
+def test_histogram_scale_matches_vlfeat_energy():
     """cyvlfeat's norm=True frame energy is Σ descriptor / frame_extent² before normalisation."""
     img = np.random.default_rng(1).random((41, 50)).astype(np.float32) * 255
     for kw in SETTINGS.values():
         m = DenseSIFT(**kw)
-        frames, _ = sift.dsift(img, step=kw["step"], size=kw["bin_size"], fast=True,
-                               float_descriptors=True, norm=True)
+        frames, _ = vlfeat_dsift(img, kw["bin_size"], kw["step"], norm=True)
         h = m.histograms(torch.from_numpy(img).double()[None, None])[0]
         energy = (h.sum(0) / m.frame_extent ** 2).reshape(-1).numpy()
         np.testing.assert_allclose(energy, frames[:, 2], rtol=1e-5)
@@ -208,7 +191,7 @@ def test_histogram_scale_matches_vlfeat_energy(sift):
 # -- geometry and layout ---------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [(227, 227), (224, 224), (333, 500), (25, 25), (16, 40), (60, 31)])
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_frame_geometry_matches_vlfeat(sift, size, setting):
+def test_frame_geometry_matches_vlfeat(size, setting):
     kw = SETTINGS[setting]
     m = DenseSIFT(**kw)
     if size[0] < m.min_size[0] or size[1] < m.min_size[1]:
@@ -216,7 +199,7 @@ def test_frame_geometry_matches_vlfeat(sift, size, setting):
             m(torch.zeros(1, 1, *size))
         return
     img = np.random.default_rng(2).random(size).astype(np.float32) * 255
-    frames, _ = vlfeat(sift, img, kw["bin_size"], kw["step"])
+    frames, _ = vlfeat_dsift(img, kw["bin_size"], kw["step"])
     ny, nx = m.grid_size(*size)
     assert m(torch.from_numpy(img)[None, None]).shape == (1, 128, ny, nx)
     assert frames.shape == (ny * nx, 2)
@@ -266,8 +249,7 @@ def test_authors_variant_is_vlfeat_without_second_normalisation():
 def _smooth_point(h: int, w: int, seed: int = 0) -> torch.Tensor:
     """A float64 random image where no pixel sits within 1e-3 of an orientation-bin edge."""
     for s in range(seed, seed + 50):
-        g = torch.Generator().manual_seed(s)
-        img = torch.rand(1, 1, h, w, generator=g, dtype=torch.float64) * 255
+        img = seeded_noise((1, 1, h, w), s)
         p = torch.nn.functional.pad(img, (1, 1, 1, 1), mode="replicate")[0, 0]
         gx = (p[1:-1, 2:] - p[1:-1, :-2]) * 0.5
         gy = (p[2:, 1:-1] - p[:-2, 1:-1]) * 0.5

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from preimage import data
-from preimage.glyph import hog_glyph
+from helpers import eval_image_paths, seeded_noise, step_edge, vlfeat_hog
+from preimage.representations.glyph import hog_glyph
 from preimage.representations import get_representation
 from preimage.representations.hog import HOG
 
@@ -41,14 +41,7 @@ CONFIGS = [
 
 def _eval_paths(k: int = 3):
     """k evaluation images spread over the (sorted) set."""
-    if data.shared_dir() is None:
-        pytest.skip(data.missing_reason("evaluation images"))
-    try:
-        paths = data.eval_images()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    if not paths:
-        pytest.skip("no evaluation images found")
+    paths = eval_image_paths()
     return paths[::max(1, len(paths) // k)][:k]
 
 
@@ -77,13 +70,8 @@ def _ours(a: np.ndarray, **kw) -> np.ndarray:
         return HOG(**kw)(x.contiguous())[0].permute(1, 2, 0).numpy()
 
 
-def _vlfeat(a: np.ndarray, cell: int = 8, **kw) -> np.ndarray:
-    cyhog = pytest.importorskip("cyvlfeat.hog", reason="cyvlfeat (VLFeat) is not installed").hog
-    return cyhog(np.ascontiguousarray(a, dtype=np.float32), cell, **kw)
-
-
 def _compare(a, hog_kw, vl_kw, nch, cell=8):
-    ref = _vlfeat(a, cell, **vl_kw)[..., :nch]
+    ref = vlfeat_hog(a, cell, **vl_kw)[..., :nch]
     ours = _ours(a, cell_size=cell, **hog_kw)
     assert ours.shape == ref.shape
     return float(np.abs(ours - ref).max())
@@ -184,7 +172,7 @@ def test_matches_vlfeat_other_parameters(cell, orientations):
         a = _load(path, (101, 87), grey)
         for name, hk, vk, nch in CONFIGS:
             nch = {27: 3 * orientations, 31: 3 * orientations + 4, 36: 4 * orientations}[nch]
-            ref = _vlfeat(a, cell, n_orientations=orientations, **vk)[..., :nch]
+            ref = vlfeat_hog(a, cell, n_orientations=orientations, **vk)[..., :nch]
             ours = _ours(a, cell_size=cell, num_orientations=orientations, **hk)
             assert ours.shape == ref.shape
             assert np.abs(ours - ref).max() <= TOL, (name, grey)
@@ -261,10 +249,7 @@ def _preclamp(m: HOG, x: torch.Tensor) -> tuple[float, float]:
 def _smooth_input(C, H, W, seed):
     """A float64 image with an edge (so the 0.2 clamp is active) plus noise, chosen so that no
     pixel is near an orientation-bin boundary, a bin centre, or a colour tie."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, C, H, W, generator=g, dtype=torch.float64) * 60 + 60
-    x[..., :, W // 2:] += 120
-    x = x.contiguous()
+    x = seeded_noise((1, C, H, W), seed, scale=60, offset=60, step=120)
     gx = x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]
     gy = x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]
     n2 = gx * gx + gy * gy
@@ -328,15 +313,6 @@ def test_cuda_matches_cpu():
 
 
 # ---------------------------------------------------------------------------- glyphs
-def _edge_image(vertical: bool, size=64):
-    x = torch.zeros(1, 1, size, size)
-    if vertical:
-        x[..., size // 2:] = 255.0
-    else:
-        x[..., size // 2:, :] = 255.0
-    return x
-
-
 @pytest.mark.parametrize("variant", ["uoctti", "dalaltriggs"])
 def test_glyph_shape_and_range(variant):
     code = HOG(variant=variant)(torch.rand(1, 3, 50, 70) * 255)[0]
@@ -354,7 +330,7 @@ def test_glyph_shape_and_range(variant):
 def test_glyph_bars_follow_edges(vertical, variant):
     """A vertical edge gives vertical bars (perpendicular to its horizontal gradient)."""
     P = 16
-    img = _edge_image(vertical)
+    img = step_edge(vertical=vertical)
     code = HOG(variant=variant)(img)[0]
     g = hog_glyph(code, cell_px=P, variant=variant)[0]
     col = code.shape[2] // 2 - 1 if vertical else 3  # a cell next to the edge

@@ -78,3 +78,74 @@ def test_default_tv_weight_is_the_representations_own():
     assert float(plain.lambda_tv[0]) == pytest.approx(ref)
     assert float(deep.lambda_tv[0]) == pytest.approx(10 * ref)   # β = 2: λ_V does not scale with size
     assert float(given.lambda_tv[0]) == pytest.approx(0.5)
+
+
+def test_divergence_halvings_are_reported_per_sample():
+    """A rate that blows up is halved for the samples that diverge; settings say how often."""
+    x = torch.rand(1, 1, 16, 16) * 255
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        res = invert(Pool(), x, restarts=2, iterations=60, lr=50.0, lambda_alpha=1e3, lambda_tv=0.5, progress=False)
+    halvings = torch.tensor(res.settings["lr_halvings"])
+    assert halvings.shape == (1, 2, 1) and (halvings >= 1).all()
+    assert torch.isfinite(res.reconstructions).all()
+
+
+class Colour(Representation):
+    """A linear toy representation of RGB images: 4×4 average pooling of every channel."""
+
+    input_channels = (3,)
+
+    def code_stride(self):
+        return 4
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+
+@pytest.mark.parametrize("param, options, iterations, gain",
+                         [("fourier", {}, 60, 0.5), ("dip", {"channels": (8, 16, 16)}, 60, 0.75)])
+def test_parameterised_images_lower_the_code_error(param, options, iterations, gain):
+    """Fourier and DIP images are optimised through their own parameters (Adam, their declared
+    rate) and reach a far lower code error than their starting point; settings say how."""
+    torch.manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 32, 32), 5, 1, 2) * 200 + 20
+    short = invert(Colour(), x, iterations=1, param=param, param_options=options, progress=False)
+    res = invert(Colour(), x, restarts=2, iterations=iterations, param=param, param_options=options,
+                 progress=False)
+    assert res.reconstructions.shape == (2, 2, 1, 3, 32, 32)
+    assert res.settings["param"] == param and res.settings["method"] == "adam"
+    assert float(res.relative_errors.max()) < gain * float(short.relative_errors.min())
+
+
+def test_jitter_auto_follows_the_code_stride():
+    """jitter="auto" takes IJCV's quarter of the code's stride; a representation without a
+    stride must be given the jitter in pixels; the jittered run still converges."""
+    x = torch.rand(1, 3, 32, 32) * 255
+    res = invert(Colour(), x, iterations=30, param="fourier", jitter="auto", progress=False)
+    assert res.settings["jitter"] == 1   # stride 4 → max(round(4/4), 1) = 1
+    res = invert(Colour(), x, iterations=30, param="fourier", jitter=3, progress=False)
+    assert res.settings["jitter"] == 3 and torch.isfinite(res.reconstructions).all()
+    with pytest.raises(ValueError, match="stride"):
+        invert(Pool(), torch.rand(1, 1, 16, 16) * 255, iterations=2, jitter="auto", progress=False)
+
+
+def test_fourier_run_resumes_from_its_checkpoint(tmp_path):
+    """An interrupted Fourier/Adam run resumes from its checkpoint (parameters and Adam's moments)
+    and ends where an uninterrupted one does."""
+    x = torch.rand(1, 3, 32, 32) * 255
+    full = invert(Colour(), x, iterations=60, param="fourier", progress=False)
+    calls = {"n": 0}
+    rep = Colour()
+    forward = rep.forward
+
+    def interrupted(y):
+        calls["n"] += 1
+        if calls["n"] == 56:
+            raise KeyboardInterrupt
+        return forward(y)
+    rep.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        invert(rep, x, iterations=60, param="fourier", progress=False, checkpoint=tmp_path / "ck")
+    rep.forward = forward
+    resumed = invert(rep, x, iterations=60, param="fourier", progress=False, checkpoint=tmp_path / "ck")
+    assert torch.allclose(resumed.reconstructions, full.reconstructions, atol=1e-3)

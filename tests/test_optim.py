@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from preimage.objective import InversionObjective
-from preimage.optim import gaussian_init, make_schedule, minimise
+from preimage.optim import Closure, as_parameterisation, gaussian_init, make_schedule, make_stepper, minimise
 from preimage.representations.base import Representation
 
 
@@ -114,9 +114,10 @@ def test_divergence_backs_off_per_sample_and_recovers():
     u0 = gaussian_init(2, (1, 16, 16))
     stable = minimise(obj, u0, lr=[1e-2, 1e-2], schedule=[(150, 1.0), (50, 0.1)], progress=False)
     res = minimise(obj, u0, lr=[BLOWUP_LR, 1e-2], schedule=[(150, 1.0), (50, 0.1)], progress=False)
-    backoffs = res.extra["backoffs"]
+    backoffs = res.backoffs.tolist()
+    final_lr = res.final_lr.tolist()
     assert backoffs[0] >= 1 and backoffs[1] == 0
-    assert res.extra["final_lr"][0] < BLOWUP_LR and res.extra["final_lr"][1] == pytest.approx(1e-2)
+    assert final_lr[0] < BLOWUP_LR and final_lr[1] == pytest.approx(1e-2)
     assert all(torch.isfinite(torch.tensor(res.energy["total"])))
     assert res.energy["total"][1] == pytest.approx(stable.energy["total"][1], rel=1e-5)
     assert res.energy["data"][0] < 0.2 * obj(u0).data[0].item()
@@ -126,3 +127,95 @@ def test_divergence_without_backoff_raises():
     with pytest.raises(FloatingPointError, match="diverged"):
         minimise(_problem(1), gaussian_init(1, (1, 16, 16)), lr=1e2, schedule=[(50, 1.0)], progress=False,
                  max_backoffs=0)
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_at(iteration):
+    def callback(step, u):
+        if step == iteration:
+            raise Stop
+    return callback
+
+
+def test_typed_result_without_backoffs():
+    obj = _problem(2)
+    res = minimise(obj, gaussian_init(2, (1, 16, 16)), lr=1e-2, schedule=[(20, 1.0)], progress=False)
+    assert res.backoffs.dtype == torch.long and res.backoffs.tolist() == [0, 0]
+    assert res.final_lr.dtype == torch.float64 and res.final_lr.tolist() == pytest.approx([1e-2, 1e-2])
+    adam = minimise(obj, gaussian_init(2, (1, 16, 16)), lr=1e-3, schedule=[(5, 1.0)], method="adam", progress=False)
+    assert adam.backoffs.tolist() == [0, 0] and adam.final_lr.tolist() == pytest.approx([1e-3, 1e-3])
+
+
+def test_resumed_run_keeps_its_halvings(tmp_path):
+    """Checkpoints hold the halving counts (and the back-off state): a resumed run reports the
+    halvings of the whole run and ends where the uninterrupted one does."""
+    obj = _problem(2)
+    u0 = gaussian_init(2, (1, 16, 16))
+    sched = [(150, 1.0), (50, 0.1)]
+    full = minimise(obj, u0, lr=[BLOWUP_LR, 1e-2], schedule=sched, progress=False)
+    assert full.backoffs[0] >= 1
+    ck = tmp_path / "state.safetensors"
+    with pytest.raises(Stop):
+        minimise(obj, u0, lr=[BLOWUP_LR, 1e-2], schedule=sched, progress=False, checkpoint=ck,
+                 checkpoint_every=10, callback=_stop_at(100))
+    resumed = minimise(obj, u0, lr=[BLOWUP_LR, 1e-2], schedule=sched, progress=False, checkpoint=ck)
+    assert resumed.resumed_from == 90
+    assert torch.equal(resumed.backoffs, full.backoffs)
+    assert torch.equal(resumed.final_lr, full.final_lr)
+    assert torch.allclose(resumed.u, full.u, atol=1e-6)
+
+
+def test_resumed_run_does_not_get_more_halvings(tmp_path):
+    """A rate that diverges at every check uses up its 8 halvings at the same iteration whether
+    the run was interrupted or not."""
+    obj = _problem(1)
+    u0 = gaussian_init(1, (1, 16, 16))
+    with pytest.raises(FloatingPointError, match="iteration 90 after 8 rate halvings"):
+        minimise(obj, u0, lr=1e6, schedule=[(200, 1.0)], progress=False)
+    ck = tmp_path / "state.safetensors"
+    with pytest.raises(Stop):
+        minimise(obj, u0, lr=1e6, schedule=[(200, 1.0)], progress=False, checkpoint=ck, checkpoint_every=10,
+                 callback=_stop_at(40))
+    with pytest.raises(FloatingPointError, match="iteration 90 after 8 rate halvings"):
+        minimise(obj, u0, lr=1e6, schedule=[(200, 1.0)], progress=False, checkpoint=ck, checkpoint_every=10)
+
+
+@pytest.mark.parametrize("method,lr", [("adam", 1e-2), ("lbfgs", 1.0)])
+def test_other_methods_resume_with_their_state(tmp_path, method, lr):
+    """Adam's moments and L-BFGS's history are in the checkpoint: resuming equals not stopping."""
+    obj = _problem(1)
+    u0 = gaussian_init(1, (1, 16, 16))
+    sched = [(20, 1.0), (20, 0.1)]
+    full = minimise(obj, u0, lr=lr, schedule=sched, method=method, progress=False)
+    ck = tmp_path / "state.safetensors"
+    with pytest.raises(Stop):
+        minimise(obj, u0, lr=lr, schedule=sched, method=method, progress=False, checkpoint=ck,
+                 checkpoint_every=10, callback=_stop_at(30))
+    resumed = minimise(obj, u0, lr=lr, schedule=sched, method=method, progress=False, checkpoint=ck)
+    assert resumed.resumed_from == 20
+    assert torch.allclose(resumed.u, full.u, atol=1e-6)
+
+
+def test_stepper_state_round_trip():
+    obj = _problem(2)
+    u0 = gaussian_init(2, (1, 16, 16))
+
+    def run(stepper, n):
+        closure = Closure(obj, stepper.param)
+        for _ in range(n):
+            stepper.step(closure, recorded=True)
+            stepper.settle(closure.terms.total.detach().cpu(), 0)
+
+    a = make_stepper("momentum", as_parameterisation(u0), [BLOWUP_LR, 1e-2])
+    a.start_stage(1.0, reset=True)
+    run(a, 25)
+    b = make_stepper("momentum", as_parameterisation(torch.zeros_like(u0)), [BLOWUP_LR, 1e-2])
+    b.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in a.state_dict().items()})
+    b.start_stage(1.0, reset=False)
+    assert torch.equal(b.halvings(), a.halvings()) and torch.equal(b.rates(), a.rates())
+    run(a, 5)
+    run(b, 5)
+    assert torch.equal(a.param.u, b.param.u)

@@ -1,4 +1,4 @@
-"""The contract every representation follows.
+"""The contract every representation follows: :class:`Representation`.
 
 A representation Φ is a differentiable ``torch.nn.Module``:
 
@@ -6,13 +6,26 @@ A representation Φ is a differentiable ``torch.nn.Module``:
   the range are allowed: the optimiser does not clip). ``C`` must be one of ``input_channels``.
 * output: the code, a tensor ``(B, ...)`` (typically ``(B, D, h, w)``).
 
-Attributes used by the objective and experiments:
+Everything :func:`preimage.invert.invert`, the CLI and the experiments read from a representation
+is declared on :class:`Representation`, with its default; a subclass overrides what differs as
+class attributes or in ``__init__``:
 
-* ``input_channels``: tuple of accepted channel counts, e.g. ``(1, 3)`` for HOG, ``(1,)`` for DSIFT.
-* ``mean_pixel``: per-channel value (0–255 scale) that the mean-subtracted optimisation variable
-  is offset by before calling the module (128 for the shallow features, the data mean for CNNs).
-* ``input_size``: ``(H, W)`` a network expects, or ``None`` when any size works.
-* ``min_size``: smallest ``(H, W)`` that gives a non-empty code.
+==========================  =====================================================================
+``name``                    label written in an inversion's settings (default: the class name)
+``input_channels``          accepted channel counts, e.g. ``(1, 3)`` for HOG, ``(1,)`` for DSIFT
+``mean_pixel``              per-channel offset (0–255) of the mean-subtracted optimisation variable
+``input_size``              ``(H, W)`` a network expects, or ``None`` when any size works
+``min_size``                smallest ``(H, W)`` that gives a non-empty code
+``lambda_tv``               reference λ_V (at 227×227×3, β = 2) of the default TV weight
+``schedule``                default optimisation schedule (a name of :data:`preimage.paper.SCHEDULES`)
+``lr``                      default base learning rate of the paper's momentum descent
+``render_code(code)``       a picture of one code (HOG: its glyph), or ``None``
+``receptive_field_box(n)``  input box seen by the central ``n×n`` code units, or ``None``
+``check_input(x)``          raises ``ValueError`` for a batch the representation cannot take
+==========================  =====================================================================
+
+A plain ``nn.Module`` that is not a :class:`Representation` is still invertible:
+:func:`as_representation` wraps it with the defaults above (and no input check).
 """
 
 from __future__ import annotations
@@ -22,14 +35,41 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..paper import LAMBDA_TV
+
 
 class Representation(nn.Module):
-    """Base class: image batch ``(B, C, H, W)`` on 0–255 → code ``(B, ...)``."""
+    """Base class: image batch ``(B, C, H, W)`` on 0–255 → code ``(B, ...)``.
 
+    The class attributes below are the whole contract (see the module docstring); their values
+    here are the defaults a subclass inherits.
+    """
+
+    #: Label in an inversion's ``settings["representation"]``; each subclass gets its class name
+    #: unless it sets its own.
+    name: str = "Representation"
+    #: Accepted channel counts ``C`` of the input batch.
     input_channels: Sequence[int] = (1, 3)
+    #: Offset(s) on 0–255 added to σ·u: one value, or one per channel.
     mean_pixel: float | Sequence[float] = 128.0
+    #: ``(H, W)`` the representation expects, or ``None`` when any size works.
     input_size: tuple[int, int] | None = None
+    #: Smallest ``(H, W)`` giving a non-empty code.
     min_size: tuple[int, int] = (1, 1)
+    #: Reference TV weight λ_V (the paper's value at 227×227×3 with β = 2), carried to the image's
+    #: size by :func:`preimage.objective.default_lambdas`. CNN layers: the paper's depth rule.
+    lambda_tv: float = LAMBDA_TV
+    #: Default schedule: a name of :data:`preimage.paper.SCHEDULES` (``"shallow"``: 800
+    #: iterations, ``"cnn"``: 400) or stages ``((iterations, rate factor), …)``.
+    schedule: str | Sequence[tuple[int, float]] = "shallow"
+    #: Default base learning rate (σ-units per unit gradient of the normalised objective), tuned
+    #: on the train images at λ_V = 5 (benchmarks/tune_lr.py).
+    lr: float = 1e-3
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with a clear message when ``x`` is not a valid image batch."""
@@ -44,5 +84,49 @@ class Representation(nn.Module):
             raise ValueError(f"{type(self).__name__} needs images of at least {self.min_size[0]}×"
                              f"{self.min_size[1]} pixels, got {h}×{w}")
 
+    def render_code(self, code: torch.Tensor) -> torch.Tensor | None:
+        """A picture of one code ``(D, h, w)`` (no batch axis): ``(C, H, W)`` on 0–255, or
+        ``None`` when the representation has no picture of its codes (the default)."""
+        return None
+
+    def receptive_field_box(self, window: int) -> tuple[int, int, int, int] | None:
+        """Input-pixel box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to
+        ``input_size``) seen by the central ``window × window`` units of the code, or ``None``
+        when unknown (the default)."""
+        return None
+
+    def code_stride(self) -> int | None:
+        """Input pixels between neighbouring code positions (HOG: the cell size, a CNN layer:
+        its receptive-field stride), or ``None`` when unknown (the default). Sets the jitter of
+        ``invert(..., jitter="auto")`` (:func:`preimage.transforms.jitter_for_stride`)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"input_channels={tuple(self.input_channels)}"
+
+
+class _ModuleRepresentation(Representation):
+    """A plain module under the contract's defaults; its name is the module's class name."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.name = type(module).__name__
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """A plain module declares nothing about its input: no check."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, H, W)`` on 0–255 → the module's code ``(B, ...)``."""
+        return self.module(x)
+
+
+def as_representation(module: nn.Module) -> Representation:
+    """``module`` itself when it is a :class:`Representation`; a plain ``nn.Module`` (image batch
+    ``(B, C, H, W)`` on 0–255 → code ``(B, ...)``) wrapped with the contract's defaults, no input
+    check, and its class name as ``name``. Raises ``TypeError`` for anything else."""
+    if isinstance(module, Representation):
+        return module
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"a representation must be an nn.Module, got {type(module).__name__}")
+    return _ModuleRepresentation(module)

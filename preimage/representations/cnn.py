@@ -1,5 +1,4 @@
-"""Any layer of any CNN as a representation: :class:`CNNLayer`, :func:`list_layers`,
-:func:`paper_lambda_tv`.
+"""Any layer of any CNN as a representation: :class:`CNNLayer`, :func:`list_layers`.
 
 The model's preprocessing lives in the model: its ``forward`` takes an RGB batch ``(B, 3, H, W)``
 on 0–255 (e.g. :func:`preimage.models.caffenet.caffenet`, the MobileNets and the wrapped
@@ -19,7 +18,7 @@ fields).
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,34 +27,13 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import UnknownNameError
-from ..models.receptive_field import ReceptiveField, TracedModel, model_input_size, trace_model
+from ..models.fx import TracedModel, model_input_size, trace_model
+from ..models.receptive_field import ReceptiveField, center_window
 from ..models.graph_module import truncate_graph_module
+from ..paper import lambda_tv_for_depth
 from .base import Representation
 
-__all__ = ["CNNLayer", "LayerInfo", "list_layers", "paper_lambda_tv", "PAPER_LAMBDA_TV"]
-
-#: The paper's TV weights λ_V (β = 2) for CNN-A: layers 1–6, 7–12, 13–20 of 20 (Table 3, bold).
-#: (The authors' code uses twice these numbers, 1/10/100, because its TV term has a factor 1/2.)
-PAPER_LAMBDA_TV = (0.5, 5.0, 50.0)
-
-
-def paper_lambda_tv(relative_depth: float) -> float:
-    """The paper's TV weight λ_V for a layer at ``relative_depth`` in ``[0, 1]``.
-
-    Relative depth is ``k / N`` for the k-th (1-based) of the N invertible layers of a network
-    (:attr:`LayerInfo.depth`; for CaffeNet the 20 layers of the paper). The paper uses λ = 0.5
-    for layers 1–6 of 20 (depth ≤ 0.30), λ = 5 for layers 7–12 (0.30 < depth ≤ 0.60) and λ = 50
-    for layers 13–20 (depth > 0.60); other networks are mapped by the same thresholds on depth.
-    """
-    d = float(relative_depth)
-    if not (0.0 <= d <= 1.0):
-        raise ValueError(f"relative depth must be in [0, 1], got {relative_depth}")
-    if d <= 6 / 20 + 1e-9:
-        return PAPER_LAMBDA_TV[0]
-    if d <= 12 / 20 + 1e-9:
-        return PAPER_LAMBDA_TV[1]
-    return PAPER_LAMBDA_TV[2]
-
+__all__ = ["CNNLayer", "LayerInfo", "list_layers"]
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -80,8 +58,8 @@ class LayerInfo:
 
     @property
     def lambda_tv(self) -> float:
-        """The paper's TV weight for this depth (:func:`paper_lambda_tv`)."""
-        return paper_lambda_tv(self.depth)
+        """The paper's TV weight for this depth (:func:`preimage.paper.lambda_tv_for_depth`)."""
+        return lambda_tv_for_depth(self.depth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,10 +176,13 @@ class CNNLayer(Representation):
     Attributes: ``layer``, ``output_shape`` (code shape without batch for ``input_size``),
     ``receptive_field`` (or ``None``), ``info`` (:class:`LayerInfo`), ``relative_depth``,
     ``lambda_tv`` (the paper's TV weight for that depth), ``traced`` (False in hook mode).
-    The module moves with ``.to(device)`` and stays in eval mode.
+    The module moves with ``.to(device)`` and stays in eval mode. Inverted with the paper's CNN
+    schedule (``schedule = "cnn"``, 400 iterations) at ``lr = 1e-2``.
     """
 
     input_channels = (3,)
+    schedule = "cnn"
+    lr = 1e-2  # tuned on the train images (benchmarks/tune_lr.py)
 
     def __init__(self, model: nn.Module, layer: str, input_size: tuple[int, int] | None = None,
                  mean_pixel: float | Sequence[float] | None = None):
@@ -233,6 +214,7 @@ class CNNLayer(Representation):
             infos = {traced.node(i.name): i for i in _traced_infos(traced)}
             self.output_shape = tuple(traced.shapes[node.name][1:])
             self.receptive_field = traced.rfs.get(node.name)
+            self._field_input_size = traced.input_size  # (H, W) the field and output_shape are for
             self.info = infos.get(node) or self._unlisted_info(traced, node, traced.layer_name.get(node, self.layer))
         else:
             self.traced = False
@@ -260,7 +242,7 @@ class CNNLayer(Representation):
             self.info = LayerInfo(self.layer, type(modules[self.layer]).__name__, shape,
                                   int(shape[0]) if shape else 0, None, None, None, k, k / max(len(leaves), 1))
         self.relative_depth = self.info.depth if self.info is not None else 1.0
-        self.lambda_tv = paper_lambda_tv(self.relative_depth)
+        self.lambda_tv = lambda_tv_for_depth(self.relative_depth)
         if device is not None:
             self.to(device)
 
@@ -275,6 +257,32 @@ class CNNLayer(Representation):
         return LayerInfo(name, _op_type(node, t.gm), shape, int(shape[0]) if shape else 1,
                          rf.total_size if rf else None, rf.stride if rf else None, rf.start if rf else None,
                          max(k, 1), max(k, 1) / max(len(listed), 1))
+
+    def code_stride(self) -> int | None:
+        """The layer's receptive-field stride (rows), or ``None`` when unknown (hook mode)."""
+        rf = self.receptive_field
+        return None if rf is None else max(1, int(round(float(rf.stride[0]))))
+
+    def receptive_field_box(self, window: int) -> tuple[int, int, int, int] | None:
+        """Input-pixel box ``(top, left, bottom, right)`` seen by the central ``window × window``
+        units of the code (the window :func:`preimage.masks.central_window_mask` selects), for an
+        input of ``input_size``: bottom/right exclusive, clipped to the input, so
+        ``image[..., top:bottom, left:right]`` is the region. A code without spatial axes (fc)
+        sees the whole field of its unit; ``None`` when the receptive field is unknown."""
+        if int(window) < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        rf = self.receptive_field
+        if rf is None:
+            return None
+        if rf.spatial and len(self.output_shape) == 3:
+            r0, r1, c0, c1 = center_window(self.output_shape[1], self.output_shape[2], int(window))
+            box = rf.span(r0, c0)[:2] + rf.span(r1 - 1, c1 - 1)[2:]
+        else:
+            box = rf.span(0, 0)
+        (h, w), (top, left, bottom, right) = self._field_input_size, box
+        inside = lambda v, hi: int(min(max(v, 0), hi))  # noqa: E731
+        return (inside(math.floor(top + 1e-9), h), inside(math.floor(left + 1e-9), w),
+                inside(math.ceil(bottom - 1e-9), h), inside(math.ceil(right - 1e-9), w))
 
     def _stop_hook(self, module, inputs, output):
         if self._active:

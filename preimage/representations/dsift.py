@@ -320,6 +320,7 @@ class DenseSIFT(Representation):
 
     input_channels = (1,)
     mean_pixel = 128.0
+    lr = 3e-4  # tuned on the train images (benchmarks/tune_lr.py)
 
     def __init__(self, *, bin_size: int = 8, step: int = 8, num_spatial_bins: int = 4,
                  num_orientations: int = 8, window_size: float = 2.0, renormalize: bool = True):
@@ -384,8 +385,8 @@ class DenseSIFT(Representation):
         if x.shape[1] != 1:
             raise ValueError(
                 "dense SIFT takes grey images (B, 1, H, W); convert with "
-                "preimage.imageio.load_image(path, mode='grey'), or for an RGB batch "
-                "(x * torch.tensor(preimage.imageio.GREY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True) "
+                "preimage.io.images.load_image(path, mode='grey'), or for an RGB batch "
+                "(x * torch.tensor(preimage.io.images.GREY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True) "
                 f"(got {x.shape[1]} channels, shape {tuple(x.shape)})")
         if not x.is_floating_point():
             raise ValueError(f"DenseSIFT expects a float tensor (0–255 scale), got {x.dtype}; "
@@ -425,6 +426,10 @@ class DenseSIFT(Representation):
                 self._cache.clear()
             self._cache[key] = mats
         return mats
+
+    def code_stride(self) -> int:
+        """The sampling step: pixels between neighbouring descriptors."""
+        return self.step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense SIFT of a grey batch.

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Representation
+from .glyph import hog_glyph
 
 VARIANTS = ("uoctti", "dalaltriggs")
 
@@ -224,6 +225,7 @@ class HOG(Representation):
 
     input_channels = (1, 3)
     mean_pixel = 128.0
+    lr = 3e-3  # tuned on the train images (benchmarks/tune_lr.py)
 
     def __init__(self, cell_size: int = 8, num_orientations: int = 9, variant: str = "uoctti",
                  bilinear: bool = False, keep_texture: bool = False):
@@ -338,6 +340,15 @@ class HOG(Representation):
             tex = clamped[:, :, 2 * n:].sum(2) * (1.0 / math.sqrt(18.0))
             out = torch.cat([out, tex], dim=1)
         return out
+
+    def code_stride(self) -> int:
+        """The cell size: pixels between neighbouring cells."""
+        return self.cell_size
+
+    def render_code(self, code: torch.Tensor) -> torch.Tensor:
+        """The glyph picture of one code ``(D, h, w)``: ``(1, 16·h, 16·w)`` on 0–255, see
+        :func:`preimage.representations.glyph.hog_glyph` (drawn for this variant)."""
+        return hog_glyph(code, variant=self.variant, num_orientations=self.num_orientations)
 
     def extra_repr(self) -> str:
         return (f"cell_size={self.cell_size}, num_orientations={self.num_orientations}, "

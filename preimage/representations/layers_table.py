@@ -1,10 +1,14 @@
-"""The text table printed by ``preimage layers MODEL``: :func:`format_layers`."""
+"""The text table printed by ``preimage layers MODEL``: :func:`format_layers`, a view of
+:func:`preimage.representations.cnn.list_layers`."""
 
 from __future__ import annotations
 
 import warnings
 
 from torch import nn
+
+from ..models import get_model
+from .cnn import list_layers
 
 __all__ = ["format_layers"]
 
@@ -30,11 +34,9 @@ def format_layers(model, input_size=None) -> str:
     with random weights, which do not change the table) or an ``nn.Module`` taking RGB 0–255.
     ``input_size``: ``(H, W)``, default the model's. Returns the table as one string.
     """
-    from ..representations.cnn import list_layers
     if isinstance(model, nn.Module):
         net, title = model, type(model).__name__
     else:
-        from . import get_model
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*random weights.*")
             net = get_model(str(model))
