@@ -1,4 +1,4 @@
-"""ImageNet classification with the shared MobileNets (preimage.classify) and `preimage classify`.
+"""ImageNet classification with the shared MobileNets (preimage.models.classify) and `preimage classify`.
 Everything but the preprocessing needs the shared data (models, labels, images) and skips
 without it."""
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from preimage.classify import preprocess_for_classification
+from preimage.models.classify import preprocess_for_classification
 from preimage.cli import main
 
 MODELS = ("mobilenet_v2", "mobilenet_v2_tf2", "mobilenet_v1", "mobilenet_v1_small")
@@ -35,7 +35,7 @@ def test_preprocessing_resizes_the_short_side_and_crops_the_centre():
 
 
 def test_labels_and_synsets(shared):
-    from preimage.classify import imagenet_labels, imagenet_synsets, synset_class_index
+    from preimage.models.classify import imagenet_labels, imagenet_synsets, synset_class_index
     labels = imagenet_labels()
     assert len(labels) == 1001 and labels[0] == "background" and labels[1].startswith("tench")
     assert len(imagenet_synsets()) == 1000 and imagenet_synsets()[0] == "n01440764"
@@ -45,7 +45,7 @@ def test_labels_and_synsets(shared):
 
 
 def test_classify_files_top5(eval3):
-    from preimage.classify import classify_files, format_predictions, synset_class_index
+    from preimage.models.classify import classify_files, format_predictions, synset_class_index
     results = classify_files(eval3, "mobilenet_v2")
     assert len(results) == 3
     for path, r in zip(eval3, results):
@@ -72,7 +72,7 @@ def test_classify_files_top5(eval3):
 
 
 def test_classify_tensors_and_topk(shared):
-    from preimage.classify import classify
+    from preimage.models.classify import classify
     from preimage.models.mobilenet import load_mobilenet
     net = load_mobilenet("mobilenet_v1_small")
     x = torch.rand(2, 3, 128, 128) * 255

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from preimage.errors import UnknownNameError
-from preimage.models.receptive_field import (center_window, receptive_field, receptive_field_box,
-                                             receptive_fields, trace_model)
+from preimage.models.fx import trace_model
+from preimage.models.receptive_field import center_window, receptive_field, receptive_field_box, receptive_fields
 
 
 class Sized(nn.Sequential):
@@ -134,7 +134,7 @@ def test_upsampling_gives_unknown_field_with_warning():
 
 
 def test_center_window_matches_the_objective_mask():
-    from preimage.objective import central_window_mask
+    from preimage.masks import central_window_mask
     for h, w, n in [(13, 13, 5), (27, 27, 5), (6, 6, 5), (14, 13, 4), (3, 3, 5), (55, 55, 1)]:
         r0, r1, c0, c1 = center_window(h, w, n)
         mask = central_window_mask((1, h, w), n)[0, 0]

@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preimage.classify import load_for_classification
 from preimage.errors import UnknownNameError
-from preimage.models.tflite import (TFConv2d, TFLiteError, TFLiteNet, UnsupportedOpError, _Tensor, build_net,
-                                    import_tflite, parse_tflite, tf_pool2d)
-from fx_helpers import node_value
+from preimage.models.classify import load_for_classification
+from preimage.models.tflite import (TFLiteError, TFLiteNet, UnsupportedOpError, build_net, import_tflite,
+                                    parse_tflite)
+from preimage.models.tflite.ops import TFConv2d, tf_pool2d
+from preimage.models.tflite.parse import TFLiteTensor
+from helpers import node_value
 
 MODELS = ("mobilenet_v2", "mobilenet_v2_tf2", "mobilenet_v1", "mobilenet_v1_small")
 
@@ -139,7 +141,7 @@ def test_full_validation_criterion(shared, name):
     interpreter's, or else emulated-quantisation agreement ≥ 99 %."""
     _litert()
     from preimage import data
-    from preimage.classify import synset_class_index
+    from preimage.models.classify import synset_class_index
     from preimage.models.mobilenet import load_mobilenet
     paths = data.eval_images() + data.train_images()
     assert len(paths) == 300
@@ -427,10 +429,10 @@ def test_per_tensor_dequantization(shared):
 
 def test_dequantization_of_a_small_tensor():
     q = np.array([[0, 10, -4], [3, -128, 127]], np.int8)
-    t = _Tensor("w", (2, 3), np.dtype(np.int8), np.array([0.5, 2.0]), np.array([1, -1]), 0, q)
+    t = TFLiteTensor("w", (2, 3), np.dtype(np.int8), np.array([0.5, 2.0]), np.array([1, -1]), 0, q)
     np.testing.assert_allclose(t.real(), [[-0.5, 4.5, -2.5], [8.0, -254.0, 256.0]])
-    t1 = _Tensor("w", (2, 3), np.dtype(np.int8), np.array([0.25]), np.array([2]), 0, q)
+    t1 = TFLiteTensor("w", (2, 3), np.dtype(np.int8), np.array([0.25]), np.array([2]), 0, q)
     np.testing.assert_allclose(t1.real(), 0.25 * (q.astype(np.float64) - 2))
-    bad = _Tensor("w", (2, 3), np.dtype(np.int8), np.array([1.0, 1.0, 1.0]), np.array([0, 0, 0]), 0, q)
+    bad = TFLiteTensor("w", (2, 3), np.dtype(np.int8), np.array([1.0, 1.0, 1.0]), np.array([0, 0, 0]), 0, q)
     with pytest.raises(TFLiteError, match="3 per-channel scales do not match dimension 0"):
         bad.real()

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from ..errors import PreimageError
+from ..io.images import centre_crop
 
 __all__ = ["CaffeNet", "caffenet", "load_weights", "save_weights", "LAYER_NAMES", "CAFFE_MEAN_BGR",
            "WeightsError"]
@@ -129,7 +130,10 @@ class CaffeNet(nn.Module):
             mean = torch.as_tensor(mean_image, dtype=torch.float32)
             if mean.dim() != 3 or mean.shape[0] != 3:
                 raise ValueError(f"mean image must be (3, H, W) in BGR order, got {tuple(mean.shape)}")
-            mean = _center_crop(mean, self.input_size).unsqueeze(0)
+            (h, w), (H, W) = mean.shape[-2:], self.input_size
+            if h < H or w < W:
+                raise ValueError(f"mean image {h}×{w} is smaller than the {H}×{W} input")
+            mean = centre_crop(mean, self.input_size).unsqueeze(0)  # as Caffe does at test time
         #: BGR mean subtracted after the RGB→BGR flip: (1, 3, 1, 1) or (1, 3, 227, 227)
         self.register_buffer("mean_bgr", mean, persistent=False)
         m = mean.mean(dim=(0, 2, 3))
@@ -145,17 +149,6 @@ class CaffeNet(nn.Module):
     def extra_repr(self) -> str:
         mean = "per-channel" if self.mean_bgr.shape[-1] == 1 else "image"
         return f"input_size={self.input_size}, mean={mean}"
-
-
-def _center_crop(mean: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    h, w = mean.shape[-2:]
-    H, W = size
-    if (h, w) == (H, W):
-        return mean
-    if h < H or w < W:
-        raise ValueError(f"mean image {h}×{w} is smaller than the {H}×{W} input")
-    top, left = (h - H) // 2, (w - W) // 2
-    return mean[:, top:top + H, left:left + W].contiguous()
 
 
 def _read_mean_image(mean_image) -> torch.Tensor:

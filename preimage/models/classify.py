@@ -1,9 +1,10 @@
 """ImageNet classification with the imported MobileNets (labels, preprocessing, top-k).
 
 Preprocessing follows the usual ImageNet evaluation: resize the shorter side to
-``round(size · 256 / 224)`` (bilinear, antialiased), then take the central ``size × size`` crop.
-The networks (:class:`preimage.models.tflite.TFLiteNet`) take those pixels on 0–255 and apply their
-own input quantisation, so nothing else is needed.
+``round(size · 256 / 224)`` (bilinear, antialiased), then take the central ``size × size`` crop
+(:func:`preimage.io.images.resize_and_crop`). The networks
+(:class:`preimage.models.tflite.TFLiteNet`) take those pixels on 0–255 and apply their own input
+quantisation, so nothing else is needed.
 
 Label indices are those of ``imagenet_labels.txt``: 0 is "background", ImageNet class ``k``
 (0-based, ILSVRC-12 synset order, ``synsets.txt`` line ``k``) is label ``k + 1``.
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .data import require_shared
+from ..data import require_shared
+from ..io.images import load_image, resize_and_crop
 
 __all__ = ["imagenet_labels", "imagenet_synsets", "synset_class_index", "preprocess_for_classification",
            "load_for_classification", "classify", "classify_files", "format_predictions"]
@@ -68,30 +69,23 @@ def preprocess_for_classification(image: torch.Tensor, size: int | tuple[int, in
         size: crop side (an int, or ``(h, w)`` whose larger side sets the resize).
 
     Returns:
-        ``(3, size, size)`` (or ``(B, 3, size, size)``) float on 0–255 (not rounded): the shorter
+        ``(3, size, size)`` (or ``(B, 3, size, size)``) float32 on 0–255 (not rounded): the shorter
         side resized to ``round(size · 256 / 224)`` with antialiased bilinear interpolation, then
-        the centre crop.
+        the centre crop (:func:`preimage.io.images.resize_and_crop`).
     """
     th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     x = image if image.dim() == 4 else image[None]
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected an RGB image (3, H, W) or batch (B, 3, H, W), got {tuple(image.shape)}")
-    h, w = x.shape[-2:]
     short = round(max(th, tw) * 256 / 224)
-    if h <= w:
-        nh, nw = short, max(round(w * short / h), tw)
-    else:
-        nh, nw = max(round(h * short / w), th), short
-    x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    x = x[..., top:top + th, left:left + tw].clamp(0.0, 255.0)
+    # clamped again: resize_and_crop leaves an image already at the resize size untouched
+    x = resize_and_crop(x.float(), (th, tw), short_side=short).clamp(0.0, 255.0)
     return x if image.dim() == 4 else x[0]
 
 
 def load_for_classification(paths: Sequence[str | Path], size: int | tuple[int, int]) -> torch.Tensor:
     """Image files → ``(N, 3, h, w)`` integer-valued pixels on 0–255: each file's evaluation crop
     (:func:`preprocess_for_classification`), rounded as a uint8 interpreter is fed."""
-    from .imageio import load_image
     return torch.stack([preprocess_for_classification(load_image(p), size).round() for p in paths])
 
 
@@ -149,8 +143,7 @@ def classify_files(paths: Sequence[str | Path], model_name: str = "mobilenet_v2"
     :class:`preimage.errors.ImageReadError` for unreadable images and
     :class:`preimage.errors.UnknownNameError` for an unknown model.
     """
-    from .imageio import load_image
-    from .models.mobilenet import load_mobilenet
+    from .mobilenet import load_mobilenet
 
     net = load_mobilenet(model_name, emulate_quantization=emulate_quantization)
     labels = _labels()

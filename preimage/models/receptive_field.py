@@ -1,9 +1,8 @@
-"""Receptive fields computed from a model's own graph (no hand tables), and the graph helpers
-shared with :mod:`preimage.representations.cnn`.
+"""Receptive fields computed from a model's own graph (no hand tables).
 
-A model is traced with ``torch.fx`` (a ``GraphModule`` is used as it is), its tensor shapes are
-propagated with a dummy ``(1, 3, H, W)`` image, and every node gets a :class:`ReceptiveField`
-describing, per spatial axis (rows, columns):
+A model is traced with ``torch.fx`` and its tensor shapes are propagated with a dummy
+``(1, 3, H, W)`` image (:mod:`.fx`), and every node gets a :class:`ReceptiveField` describing,
+per spatial axis (rows, columns):
 
 * ``size``: how many input pixels one output unit sees (Caffe/paper convention: padding counts,
   so the field may be larger than the image, e.g. 355 px for CaffeNet's fc6 on a 227 px image);
@@ -11,7 +10,9 @@ describing, per spatial axis (rows, columns):
 * ``start``: the input coordinate (pixel index, may be negative because of padding) of the first
   pixel seen by output unit 0. Unit ``i`` sees pixels ``start + i*stride … start + i*stride + size - 1``.
 
-Rules (per axis, input field ``(S, J, A)``):
+Each operation's rule is found in :data:`RULES` (by module class, function or Tensor method name;
+TFLite imports by their runtime classes and functions, :mod:`.tflite.ops`). Rules (per axis, input
+field ``(S, J, A)``):
 
 * convolution / pooling with kernel ``k``, stride ``s``, padding ``p``, dilation ``d``
   (``Conv*2d``, ``MaxPool2d``, ``AvgPool2d``, ``LPPool2d`` and their ``F.*`` forms, ``ceil_mode``
@@ -33,23 +34,26 @@ the nodes after it.
 
 from __future__ import annotations
 
-import logging
 import math
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnknownNameError
+from .fx import spatial_pair as _pair
+from .fx import trace_model
+from .tflite.ops import (TFConv2d, fake_quant, relu_n1_to_1, same_pad, tf_mean, tf_pool2d, tf_reshape, tf_softmax,
+                         tf_squeeze, tflite_input)
 
 __all__ = [
-    "ReceptiveField", "TracedModel", "trace_model", "receptive_fields", "receptive_field",
-    "receptive_field_box", "center_window", "model_input_size",
+    "ReceptiveField", "RULES", "propagate_fields", "receptive_fields", "receptive_field",
+    "receptive_field_box", "center_window",
 ]
 
 
@@ -159,214 +163,21 @@ def _union(rfs: list[ReceptiveField], spatial: bool) -> ReceptiveField:
     return ReceptiveField(tuple(ends[a] - starts[a] for a in range(2)), stride, tuple(starts), True, fixed)
 
 
-def _pair(v) -> tuple:
-    if isinstance(v, (tuple, list)):
-        return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
-    return (v, v)
-
-
 # --------------------------------------------------------------------------------------------
-# Tracing and shapes
+# Propagation through the graph
 # --------------------------------------------------------------------------------------------
 
-def model_input_size(model: nn.Module, input_size=None) -> tuple[int, int]:
-    """``(H, W)``: ``input_size`` if given, else the model's ``input_size`` attribute, else 224."""
-    size = input_size if input_size is not None else getattr(model, "input_size", None)
-    if size is None:
-        return (224, 224)
-    h, w = _pair(size)
-    return int(h), int(w)
+class _Unknown(Exception):
+    pass
 
-
-class TracedModel:
-    """A model traced with ``torch.fx`` plus per-node shapes, names and receptive fields.
-
-    ``gm``: the ``GraphModule`` (the model itself when it already is one; it shares the model's
-    parameters). ``names``: layer name → node, where a layer name is the module's qualified name
-    for ``call_module`` nodes (``name#2``, ``name#3`` … for later calls of a module used several
-    times) and the node name otherwise; fx node names are accepted as aliases, and so are
-    qualified names of container modules (mapped to the last node computed inside them).
-    ``shapes``: node name → output shape for a ``(1, 3, H, W)`` input (``None`` for non-tensors).
-    """
-
-    def __init__(self, model: nn.Module, input_size=None):
-        self.model = model
-        self.gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
-        self.input_size = model_input_size(model, input_size)
-        self.shapes, self.shape_error = _shape_prop(self.gm, self.input_size)
-        self.names, self.aliases = layer_names_of(self.gm.graph)
-        self.layer_name: dict[fx.Node, str] = {node: name for name, node in self.names.items()}
-        self._rfs: dict[str, ReceptiveField | None] | None = None
-
-    # ---- names ------------------------------------------------------------------------------
-    def valid_names(self) -> list[str]:
-        """Layer names in execution order: the model's ``layer_names`` attribute when it has one,
-        else every node that produces a tensor."""
-        listed = getattr(self.model, "layer_names", None) or list(self.names)
-        return [n for n in listed if (node := self._find(n)) is not None and self.shapes.get(node.name) is not None]
-
-    def _find(self, name: str) -> fx.Node | None:
-        if name in self.names:
-            return self.names[name]
-        if name in self.aliases:
-            return self.aliases[name]
-        extra = getattr(self.model, "layer_aliases", None) or {}
-        return self._find(extra[name]) if name in extra and extra[name] != name else None
-
-    def node(self, name: str) -> fx.Node:
-        """The node of layer ``name``; :class:`UnknownNameError` listing the valid names when there
-        is none, ``ValueError`` when it does not produce a tensor for this input size."""
-        node = self._find(str(name))
-        if node is None:
-            raise UnknownNameError(f"unknown layer {name!r} for {type(self.model).__name__}; valid layers: "
-                                   + ", ".join(self.valid_names()))
-        if self.shapes.get(node.name) is None:
-            if node.name not in self.shapes and self.shape_error is not None:
-                raise ValueError(f"layer {name!r} of {type(self.model).__name__} cannot be computed for a "
-                                 f"{self.input_size[0]}×{self.input_size[1]} input: "
-                                 f"{type(self.shape_error).__name__}: {self.shape_error}")
-            raise UnknownNameError(f"{name!r} of {type(self.model).__name__} does not output a tensor; "
-                                   "valid layers: " + ", ".join(self.valid_names()))
-        return node
-
-    # ---- receptive fields -----------------------------------------------------------------
-    @property
-    def rfs(self) -> dict[str, ReceptiveField | None]:
-        if self._rfs is None:
-            self._rfs = _propagate(self.gm, self.shapes)
-        return self._rfs
-
-    def receptive_field(self, name: str) -> ReceptiveField | None:
-        return self.rfs.get(self.node(name).name)
-
-
-def layer_names_of(graph: fx.Graph) -> tuple[dict[str, fx.Node], dict[str, fx.Node]]:
-    """``(names, aliases)`` for the operation nodes of ``graph``, in execution order.
-
-    ``names``: layer name → node: a ``call_module`` node is named by its module's qualified name
-    (``name#2``, ``name#3`` … for later calls of the same module), any other node by its fx node
-    name. ``aliases``: fx node names, and qualified names of container modules (recorded in
-    ``node.meta["nn_module_stack"]`` while tracing) → the last node computed inside them.
-    """
-    names: dict[str, fx.Node] = {}
-    aliases: dict[str, fx.Node] = {}
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        if node.op == "call_module":
-            k = calls[node.target] = calls.get(node.target, 0) + 1
-            name = node.target if k == 1 else f"{node.target}#{k}"
-        else:
-            name = node.name
-        names[name] = node
-        aliases[node.name] = node
-        for qual in (node.meta.get("nn_module_stack") or {}):
-            if isinstance(qual, str) and qual:
-                aliases[qual] = node  # the last node inside a container wins
-    for qual in list(aliases):  # a module's own call beats the container rule
-        if qual in names:
-            aliases[qual] = names[qual]
-    return names, aliases
-
-
-def _shape_prop(gm: fx.GraphModule, hw: tuple[int, int]) -> tuple[dict[str, tuple | None], Exception | None]:
-    """Every node's output shape for a dummy ``(1, 3, H, W)`` image, and the error that stopped
-    the run early (nodes after it have no shape; e.g. a classifier that only accepts another
-    input size), or ``None``.
-
-    Runs on fake tensors (no arithmetic, ~ms) when torch's FakeTensorMode can run the graph, else
-    runs the model for real under ``no_grad``.
-    """
-    try:
-        p = next(gm.parameters())
-        device, dtype = p.device, (p.dtype if p.is_floating_point() else torch.float32)
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
-
-    def run(fake: bool):
-        shapes: dict[str, tuple | None] = {}
-
-        class _Rec(fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                shapes[n.name] = tuple(int(v) for v in out.shape) if torch.is_tensor(out) else None
-                return out
-
-        extra = [_default(n) for n in gm.graph.nodes if n.op == "placeholder"][1:]
-        try:
-            if fake:
-                from torch._subclasses.fake_tensor import FakeTensorMode
-                log = logging.getLogger("torch._subclasses.fake_tensor")
-                level = log.level
-                log.setLevel(logging.CRITICAL)  # it logs failing ops as errors; we handle them
-                try:
-                    with FakeTensorMode(allow_non_fake_inputs=True):
-                        _Rec(gm).run(torch.empty((1, 3, *hw), device=device, dtype=dtype), *extra)
-                finally:
-                    log.setLevel(level)
-            else:
-                with torch.no_grad():
-                    _Rec(gm).run(torch.full((1, 3, *hw), 128.0, device=device, dtype=dtype), *extra)
-        except Exception as e:  # noqa: BLE001 - any failure: keep the shapes found so far
-            return shapes, e
-        return shapes, None
-
-    shapes, err = run(fake=True)
-    if err is not None:  # an op without a fake implementation, or a real failure: try for real
-        real, real_err = run(fake=False)
-        if len(real) >= len(shapes):
-            shapes, err = real, real_err
-    return shapes, err
-
-
-def _default(node: fx.Node):
-    return node.args[0] if node.args else None
-
-
-def trace_model(model: nn.Module, input_size=None) -> TracedModel:
-    """Trace ``model`` (``torch.fx``) and propagate shapes for a ``(1, 3, H, W)`` input.
-
-    ``input_size``: ``(H, W)``, default the model's ``input_size`` attribute (224 when absent).
-    Raises whatever ``torch.fx`` raises when the model cannot be traced.
-    """
-    return TracedModel(model, input_size)
-
-
-# --------------------------------------------------------------------------------------------
-# Propagation
-# --------------------------------------------------------------------------------------------
-
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
-    nn.Threshold, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm2d,
-    nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
-    nn.FeatureAlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.ChannelShuffle,
-)
-
-_POINTWISE_NAMES = {
-    # torch / F / operator / Tensor-method names treated as element-wise or channel-only
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "elu", "selu", "celu", "gelu",
-    "silu", "mish", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus", "softsign", "prelu",
-    "threshold", "logsigmoid", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "add", "add_",
-    "sub", "sub_", "mul", "mul_", "div", "div_", "truediv", "floordiv", "rsub", "neg", "pos", "abs",
-    "pow", "exp", "log", "sqrt", "rsqrt", "square", "reciprocal", "round", "floor", "ceil", "trunc",
-    "sign", "maximum", "minimum", "where", "batch_norm", "instance_norm", "layer_norm", "group_norm",
-    "local_response_norm", "dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout",
-    "softmax", "log_softmax", "normalize", "cat", "concat", "stack", "contiguous", "to", "float",
-    "double", "half", "bfloat16", "type", "type_as", "clone", "detach", "flip", "getitem", "chunk",
-    "split", "narrow", "expand_as", "fake_quantize_per_tensor_affine",
-    "fake_quantize_per_channel_affine", "quantize_per_tensor", "dequantize", "channel_shuffle",
-    "permute", "view", "reshape", "transpose", "unsqueeze", "squeeze", "flatten", "unflatten",
-    "mean", "sum", "amax", "amin", "max", "min", "linear", "matmul", "addmm", "bmm", "mm",
-    "adaptive_avg_pool1d", "size", "dim", "t", "expand", "repeat", "sub_", "mul_", "add_", "relu6_",
-    # TFLite imports (preimage.models.tflite)
-    "tflite_input", "tf_mean", "tf_reshape", "tf_squeeze", "tf_softmax", "relu_n1_to_1", "fake_quant",
-}
 
 _warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, stacklevel=3)
 
 
 def _target_name(node: fx.Node, gm: fx.GraphModule) -> str:
@@ -376,19 +187,21 @@ def _target_name(node: fx.Node, gm: fx.GraphModule) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
-def _warn_once(key: str, msg: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(msg, stacklevel=3)
-
-
 def _arg(node: fx.Node, i: int, name: str, default=None):
     if len(node.args) > i:
         return node.args[i]
     return node.kwargs.get(name, default)
 
 
-def _propagate(gm: fx.GraphModule, shapes: dict[str, tuple | None]) -> dict[str, ReceptiveField | None]:
+def _hw(shape) -> tuple[int, int] | None:
+    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) == 4 else None
+
+
+def propagate_fields(gm: fx.GraphModule, shapes: dict[str, tuple | None]) -> dict[str, ReceptiveField | None]:
+    """fx node name → :class:`ReceptiveField` of every node of ``gm`` (``None`` for nodes that do
+    not depend on the image, and for every node after one whose field is unknown), given each
+    node's output shape for a ``(1, 3, H, W)`` input (:class:`~.fx.TracedModel` ``.shapes``).
+    Each node's field comes from its rule in :data:`RULES`."""
     rfs: dict[str, ReceptiveField | None] = {}
     unknown: set[str] = set()  # nodes whose field could not be computed
     whole: dict[str, ReceptiveField] = {}  # exact field of all units together, where collapsing is inexact
@@ -409,9 +222,9 @@ def _propagate(gm: fx.GraphModule, shapes: dict[str, tuple | None]) -> dict[str,
             rfs[node.name] = None
             unknown.add(node.name)
             continue
-        out_shape = shapes.get(node.name)
+        site = _Site(node, gm, rfs, shapes, ins, whole)
         try:
-            rf = _rule(node, gm, rfs, shapes, ins, out_shape, whole)
+            rf = _rule_of(site)(site)
         except _Unknown as e:
             _warn_once(str(e), f"receptive field unknown after {e} (node {node.name}); "
                        "later layers report no receptive field")
@@ -422,137 +235,220 @@ def _propagate(gm: fx.GraphModule, shapes: dict[str, tuple | None]) -> dict[str,
     return {k: v for k, v in rfs.items()}
 
 
-class _Unknown(Exception):
-    pass
+class _Site:
+    """What a rule sees of one node: the node and its module (``mod``, for ``call_module``), its
+    image-dependent inputs ``ins`` (``main`` the first, with field ``rf_in``), the spatial sizes
+    ``in_hw`` / ``out_hw`` (``None`` without spatial axes), every field so far (``rfs``), the
+    shapes, and ``whole``: the exact field of all units of a node together where collapsing its
+    field would be inexact (adaptive pools record theirs)."""
+
+    def __init__(self, node: fx.Node, gm: fx.GraphModule, rfs: dict, shapes: dict, ins: list, whole: dict):
+        self.node, self.gm, self.rfs, self.shapes, self.ins, self.whole = node, gm, rfs, shapes, ins, whole
+        self.name = _target_name(node, gm)
+        self.mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+        self.main = ins[0]
+        self.rf_in = rfs[self.main.name]
+        self.in_hw = _hw(shapes.get(self.main.name))
+        self.out_hw = _hw(shapes.get(node.name))
 
 
-def _hw(shape) -> tuple[int, int] | None:
-    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) == 4 else None
+Rule = Callable[[_Site], "ReceptiveField | None"]
 
 
-def _rule(node, gm, rfs, shapes, ins, out_shape, whole) -> ReceptiveField | None:
-    name = _target_name(node, gm)
-    out_hw = _hw(out_shape)
-    main = ins[0]
-    rf_in = rfs[main.name]
-    in_hw = _hw(shapes.get(main.name))
+def _rule_of(site: _Site) -> Rule:
+    """The node's rule: its module class (or the nearest base class) for ``call_module``, its
+    function for ``call_function``, its method name for ``call_method`` (:data:`RULES`); else the
+    element-wise fallback, which warns once for an operation it does not know."""
+    node = site.node
+    if site.mod is not None:
+        for cls in type(site.mod).__mro__:
+            if cls in RULES:
+                return RULES[cls]
+    elif node.op == "call_function" and _hashable(node.target) in RULES:
+        return RULES[node.target]
+    elif node.op == "call_method" and ("method", node.target) in RULES:
+        return RULES[("method", node.target)]
+    return _assumed_elementwise
 
-    mod = gm.get_submodule(node.target) if node.op == "call_module" else None
-    fn = node.target if node.op == "call_function" else None
 
-    # ---- convolutions and pools -----------------------------------------------------------
-    conv_like = None  # (kernel, stride, padding, dilation)
-    if isinstance(mod, nn.Conv2d):
-        k = _pair(mod.kernel_size)
-        pad = _same_pad(k, _pair(mod.dilation)) if mod.padding == "same" else \
-            ((0, 0) if mod.padding == "valid" else _pair(mod.padding))
-        if str(getattr(mod, "tf_padding", "")).upper() == "SAME":  # TensorFlow SAME (e.g. TFLite imports)
-            pad = tuple(p + q for p, q in zip(pad, _tf_same_pad(in_hw, k, _pair(mod.stride), _pair(mod.dilation))))
-        conv_like = (k, _pair(mod.stride), pad, _pair(mod.dilation))
-    elif name == "tf_pool2d" and node.op == "call_function":  # TF pooling: (x, kind, kernel, stride, padding)
-        k, st = _pair(_arg(node, 2, "kernel")), _pair(_arg(node, 3, "stride"))
-        same = str(_arg(node, 4, "padding", "VALID")).upper() == "SAME"
-        conv_like = (k, st, _tf_same_pad(in_hw, k, st, (1, 1)) if same else (0, 0), (1, 1))
-    elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)):
-        k = _pair(mod.kernel_size)
-        s = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
-        conv_like = (k, s, _pair(getattr(mod, "padding", 0)), _pair(getattr(mod, "dilation", 1)))
-    elif fn in (F.conv2d, torch.conv2d):
-        wshape = shapes.get(node.args[1].name) if isinstance(node.args[1], fx.Node) else None
-        if wshape is None:
-            w = _arg(node, 1, "weight")
-            wshape = tuple(w.shape) if torch.is_tensor(w) else None
-        if wshape is None:
-            raise _Unknown("conv2d with an unknown kernel")
-        k = (wshape[-2], wshape[-1])
-        d = _pair(_arg(node, 5, "dilation", 1))
-        p = _arg(node, 4, "padding", 0)
-        pad = _same_pad(k, d) if p == "same" else ((0, 0) if p == "valid" else _pair(p))
-        conv_like = (k, _pair(_arg(node, 3, "stride", 1)), pad, d)
-    elif fn in (F.max_pool2d, torch.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d,
-                F.max_pool2d_with_indices, F.lp_pool2d):
-        if fn is F.lp_pool2d:
-            k = _pair(_arg(node, 2, "kernel_size"))
-            s = _arg(node, 3, "stride", None)
-            conv_like = (k, _pair(s if s is not None else k), (0, 0), (1, 1))
-        else:
-            k = _pair(_arg(node, 1, "kernel_size"))
-            s = _arg(node, 2, "stride", None)
-            s = _pair(s if s not in (None, [], ()) else k)
-            d = _pair(_arg(node, 4, "dilation", 1)) if fn is not F.avg_pool2d and fn is not torch._C._nn.avg_pool2d else (1, 1)
-            conv_like = (k, s, _pair(_arg(node, 3, "padding", 0)), d)
-    if conv_like is not None:
-        if not rf_in.spatial:
-            raise _Unknown(f"{name} on a non-spatial tensor")
-        return _conv(rf_in, *conv_like)
+def _hashable(target):
+    try:
+        hash(target)
+    except TypeError:
+        return None
+    return target
 
-    if isinstance(mod, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-                        nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle,
-                        nn.PixelUnshuffle, nn.Unfold, nn.Fold)) or fn in (F.interpolate, F.conv_transpose2d,
-                                                                          F.pixel_shuffle, F.grid_sample):
-        raise _Unknown(name)
 
-    # ---- padding ----------------------------------------------------------------------------
-    pad = None
-    if isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-                        getattr(nn, "CircularPad2d", nn.ZeroPad2d))):
-        pad = tuple(mod.padding)
-    elif fn in (F.pad, torch.constant_pad_nd) or (node.op == "call_method" and node.target == "pad"):
-        pad = tuple(_arg(node, 1, "pad"))
-    if pad is not None:
-        if not rf_in.spatial:
-            raise _Unknown(f"{name} on a non-spatial tensor")
-        left = pad[0] if len(pad) >= 1 else 0
-        top = pad[2] if len(pad) >= 3 else 0
-        return _shift(rf_in, (top, left))
+# --------------------------------------------------------------------------------------------
+# Rules: windows (convolutions, pools)
+# --------------------------------------------------------------------------------------------
 
-    # ---- adaptive pools ---------------------------------------------------------------------
-    if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) or fn in (
-            F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-            F.adaptive_max_pool2d_with_indices):
-        if not rf_in.spatial or in_hw is None or out_hw is None:
-            raise _Unknown(f"{name} on a non-spatial tensor")
-        ks, ss = [], []
-        for a in range(2):
-            n, o = in_hw[a], out_hw[a]
-            ks.append(max(math.ceil((i + 1) * n / o) - math.floor(i * n / o) for i in range(o)))
-            ss.append(n / o)
-        size = tuple(rf_in.size[a] + (ks[a] - 1) * rf_in.stride[a] for a in range(2))
-        stride = tuple(rf_in.stride[a] * ss[a] for a in range(2))
-        # the windows tile the input exactly: together they see what the whole input sees
-        whole[node.name] = whole.get(main.name) or _collapse(rf_in, in_hw)
-        return ReceptiveField(size, stride, rf_in.start, True, rf_in.fixed)
+def _same_pad(k, d) -> tuple[int, int]:
+    """Leading padding of PyTorch's ``padding="same"``."""
+    return tuple((d[a] * (k[a] - 1)) // 2 for a in range(2))
 
-    # ---- spatial cropping by indexing: x[:, :, a:b, c:d], x[..., a:b, :] --------------------
-    if fn is operator.getitem and in_hw is not None and out_hw is not None and in_hw != out_hw \
-            and rf_in.spatial:
-        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if sum(1 for i in idx if i is Ellipsis) == 1:
-            k = idx.index(Ellipsis)
-            idx = idx[:k] + (slice(None),) * (4 - len(idx) + 1) + idx[k + 1:]
-        idx = idx + (slice(None),) * (4 - len(idx))
-        if len(idx) != 4 or any(not isinstance(i, slice) or i.step not in (None, 1) for i in idx[2:]) \
-                or any(i is None for i in idx):
-            raise _Unknown(f"spatial indexing {node.args[1]!r}")
-        before = []
-        for a, sl in enumerate(idx[2:]):
-            start = sl.start or 0
-            if not isinstance(start, int):
-                raise _Unknown("spatial indexing with a computed start")
-            before.append(-(max(start + in_hw[a], 0) if start < 0 else start))
-        return _shift(rf_in, before)
 
-    # ---- everything else: element-wise / reshaping / reductions --------------------------
-    known = (isinstance(mod, _POINTWISE_MODULES) or isinstance(mod, (nn.Flatten, nn.Unflatten, nn.Linear))
-             or fn in (operator.add, operator.sub, operator.mul, operator.truediv, operator.getitem,
-                       operator.neg, operator.floordiv, operator.pow)
-             or name in _POINTWISE_NAMES)
-    in_rfs = []
-    for a in ins:
-        r = rfs[a.name]
-        a_hw = _hw(shapes.get(a.name))
-        if a.name in whole and (out_hw is None or a_hw != out_hw):
-            in_rfs.append(whole[a.name])
+def _tf_same_pad(hw, k, s, d) -> tuple[int, int]:
+    """Leading padding of TensorFlow's SAME (the odd extra pixel goes after)."""
+    if hw is None:
+        raise _Unknown("SAME padding of an input of unknown size")
+    return tuple(same_pad(hw[a], k[a], s[a], d[a])[0] for a in range(2))
+
+
+def _torch_pad(k, d, padding) -> tuple:
+    """Leading padding of a PyTorch conv's ``padding`` (``"same"``, ``"valid"``, int or pair)."""
+    return _same_pad(k, d) if padding == "same" else ((0, 0) if padding == "valid" else _pair(padding))
+
+
+def _windowed(site: _Site, k, s, p, d=(1, 1)) -> ReceptiveField:
+    """The field after a window of kernel ``k``, stride ``s``, leading padding ``p``, dilation ``d``."""
+    if not site.rf_in.spatial:
+        raise _Unknown(f"{site.name} on a non-spatial tensor")
+    return _conv(site.rf_in, k, s, p, d)
+
+
+def _conv_module(site: _Site) -> ReceptiveField:
+    """``nn.Conv2d``."""
+    mod = site.mod
+    k, d = _pair(mod.kernel_size), _pair(mod.dilation)
+    return _windowed(site, k, _pair(mod.stride), _torch_pad(k, d, mod.padding), d)
+
+
+def _tf_conv_module(site: _Site) -> ReceptiveField:
+    """:class:`~.tflite.ops.TFConv2d`: TensorFlow SAME padding, computed for the input size."""
+    mod = site.mod
+    k, s, d = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.dilation)
+    pad = _torch_pad(k, d, mod.padding)
+    if str(mod.tf_padding).upper() == "SAME":
+        pad = tuple(p + q for p, q in zip(pad, _tf_same_pad(site.in_hw, k, s, d)))
+    return _windowed(site, k, s, pad, d)
+
+
+def _pool_module(site: _Site) -> ReceptiveField:
+    """``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.LPPool2d``."""
+    mod = site.mod
+    k = _pair(mod.kernel_size)
+    s = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+    return _windowed(site, k, s, _pair(getattr(mod, "padding", 0)), _pair(getattr(mod, "dilation", 1)))
+
+
+def _tf_pool(site: _Site) -> ReceptiveField:
+    """:func:`~.tflite.ops.tf_pool2d` ``(x, kind, kernel, stride, padding)``."""
+    node = site.node
+    k, st = _pair(_arg(node, 2, "kernel")), _pair(_arg(node, 3, "stride"))
+    same = str(_arg(node, 4, "padding", "VALID")).upper() == "SAME"
+    return _windowed(site, k, st, _tf_same_pad(site.in_hw, k, st, (1, 1)) if same else (0, 0), (1, 1))
+
+
+def _conv_function(site: _Site) -> ReceptiveField:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``."""
+    node = site.node
+    wshape = site.shapes.get(node.args[1].name) if isinstance(node.args[1], fx.Node) else None
+    if wshape is None:
+        w = _arg(node, 1, "weight")
+        wshape = tuple(w.shape) if torch.is_tensor(w) else None
+    if wshape is None:
+        raise _Unknown("conv2d with an unknown kernel")
+    k = (wshape[-2], wshape[-1])
+    d = _pair(_arg(node, 5, "dilation", 1))
+    return _windowed(site, k, _pair(_arg(node, 3, "stride", 1)), _torch_pad(k, d, _arg(node, 4, "padding", 0)), d)
+
+
+def _pool_function(site: _Site, dilated: bool) -> ReceptiveField:
+    """``F.max_pool2d`` / ``F.avg_pool2d(x, kernel_size, stride, padding[, dilation])``."""
+    node = site.node
+    k = _pair(_arg(node, 1, "kernel_size"))
+    s = _arg(node, 2, "stride", None)
+    s = _pair(s if s not in (None, [], ()) else k)
+    d = _pair(_arg(node, 4, "dilation", 1)) if dilated else (1, 1)
+    return _windowed(site, k, s, _pair(_arg(node, 3, "padding", 0)), d)
+
+
+def _lp_pool_function(site: _Site) -> ReceptiveField:
+    """``F.lp_pool2d(x, norm_type, kernel_size, stride)``."""
+    k = _pair(_arg(site.node, 2, "kernel_size"))
+    s = _arg(site.node, 3, "stride", None)
+    return _windowed(site, k, _pair(s if s is not None else k), (0, 0), (1, 1))
+
+
+def _adaptive_pool(site: _Site) -> ReceptiveField:
+    """Adaptive pools: the largest window ``ceil((i+1)n/o) - floor(i n/o)``, stride ``n/o``."""
+    rf_in, in_hw, out_hw = site.rf_in, site.in_hw, site.out_hw
+    if not rf_in.spatial or in_hw is None or out_hw is None:
+        raise _Unknown(f"{site.name} on a non-spatial tensor")
+    ks, ss = [], []
+    for a in range(2):
+        n, o = in_hw[a], out_hw[a]
+        ks.append(max(math.ceil((i + 1) * n / o) - math.floor(i * n / o) for i in range(o)))
+        ss.append(n / o)
+    size = tuple(rf_in.size[a] + (ks[a] - 1) * rf_in.stride[a] for a in range(2))
+    stride = tuple(rf_in.stride[a] * ss[a] for a in range(2))
+    # the windows tile the input exactly: together they see what the whole input sees
+    site.whole[site.node.name] = site.whole.get(site.main.name) or _collapse(rf_in, in_hw)
+    return ReceptiveField(size, stride, rf_in.start, True, rf_in.fixed)
+
+
+def _unsupported(site: _Site) -> None:
+    """Operations that resample (upsampling, transposed convolutions, …): the field is unknown."""
+    raise _Unknown(site.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Rules: padding, cropping, element-wise
+# --------------------------------------------------------------------------------------------
+
+def _padded(site: _Site, pad: Sequence) -> ReceptiveField:
+    """Explicit padding ``(left, right, top, bottom, …)``: shifts ``start`` by the leading pad."""
+    if not site.rf_in.spatial:
+        raise _Unknown(f"{site.name} on a non-spatial tensor")
+    left = pad[0] if len(pad) >= 1 else 0
+    top = pad[2] if len(pad) >= 3 else 0
+    return _shift(site.rf_in, (top, left))
+
+
+def _pad_module(site: _Site) -> ReceptiveField:
+    """``nn.ZeroPad2d`` / ``ConstantPad2d`` / ``ReflectionPad2d`` / ``ReplicationPad2d`` / ``CircularPad2d``."""
+    return _padded(site, tuple(site.mod.padding))
+
+
+def _pad_function(site: _Site) -> ReceptiveField:
+    """``F.pad(x, pad)``, ``torch.constant_pad_nd``, ``x.pad(pad)``."""
+    return _padded(site, tuple(_arg(site.node, 1, "pad")))
+
+
+def _getitem(site: _Site) -> ReceptiveField:
+    """Indexing: a spatial crop ``x[:, :, a:b, c:d]`` / ``x[..., a:b, :]`` shifts ``start``; any
+    other indexing is channel-only (element-wise)."""
+    node, in_hw, out_hw = site.node, site.in_hw, site.out_hw
+    if in_hw is None or out_hw is None or in_hw == out_hw or not site.rf_in.spatial:
+        return _elementwise(site)
+    idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if sum(1 for i in idx if i is Ellipsis) == 1:
+        k = idx.index(Ellipsis)
+        idx = idx[:k] + (slice(None),) * (4 - len(idx) + 1) + idx[k + 1:]
+    idx = idx + (slice(None),) * (4 - len(idx))
+    if len(idx) != 4 or any(not isinstance(i, slice) or i.step not in (None, 1) for i in idx[2:]) \
+            or any(i is None for i in idx):
+        raise _Unknown(f"spatial indexing {node.args[1]!r}")
+    before = []
+    for a, sl in enumerate(idx[2:]):
+        start = sl.start or 0
+        if not isinstance(start, int):
+            raise _Unknown("spatial indexing with a computed start")
+        before.append(-(max(start + in_hw[a], 0) if start < 0 else start))
+    return _shift(site.rf_in, before)
+
+
+def _input_fields(site: _Site) -> list[ReceptiveField]:
+    """Each input's field as seen by an element-wise output of spatial size ``out_hw``: as is when
+    the sizes match, the whole input's field when the output has no spatial axes, is 1×1 (a global
+    reduction) or broadcasts a 1×1 input."""
+    out_hw, in_rfs = site.out_hw, []
+    for a in site.ins:
+        r = site.rfs[a.name]
+        a_hw = _hw(site.shapes.get(a.name))
+        if a.name in site.whole and (out_hw is None or a_hw != out_hw):
+            in_rfs.append(site.whole[a.name])
         elif out_hw is None or not r.spatial:
             in_rfs.append(_collapse(r, a_hw))
         elif a_hw == out_hw:
@@ -562,29 +458,104 @@ def _rule(node, gm, rfs, shapes, ins, out_shape, whole) -> ReceptiveField | None
         elif a_hw == (1, 1):
             in_rfs.append(_collapse(r, a_hw))          # broadcast of a 1x1 map
         else:
-            raise _Unknown(f"{name} (spatial shape {a_hw} -> {out_hw})")
-    if out_hw is not None and not known:
-        _warn_once(name, f"preimage.receptive_field: assuming {name!r} is element-wise "
+            raise _Unknown(f"{site.name} (spatial shape {a_hw} -> {out_hw})")
+    return in_rfs
+
+
+def _elementwise(site: _Site) -> ReceptiveField:
+    """Element-wise, channel-only, reshaping and reducing operations: the union of the inputs'
+    fields (the whole input's where the spatial axes are reduced away)."""
+    return _union(_input_fields(site), spatial=site.out_hw is not None)
+
+
+def _assumed_elementwise(site: _Site) -> ReceptiveField:
+    """An operation without a rule: element-wise, with a warning (once) when it keeps spatial
+    axes, unless its name is one of the element-wise torch names (:data:`_POINTWISE_NAMES`)."""
+    in_rfs = _input_fields(site)
+    if site.out_hw is not None and site.name not in _POINTWISE_NAMES:
+        _warn_once(site.name, f"preimage.receptive_field: assuming {site.name!r} is element-wise "
                    "(its output keeps its input's spatial shape)")
-    if out_hw is not None and isinstance(mod, nn.Linear):
+    return _union(in_rfs, spatial=site.out_hw is not None)
+
+
+def _linear(site: _Site) -> ReceptiveField:
+    """``nn.Linear`` (and :class:`~.tflite.ops.TFLinear`): the whole input, unless it runs over
+    the last spatial axis (unknown)."""
+    rf = _elementwise(site)
+    if site.out_hw is not None:
         raise _Unknown("Linear over the last spatial axis")
-    return _union(in_rfs, spatial=out_hw is not None)
+    return rf
 
 
-def _tf_same_pad(hw, k, s, d) -> tuple[int, int]:
-    """Leading padding of TensorFlow's SAME (the odd extra pixel goes after)."""
-    if hw is None:
-        raise _Unknown("SAME padding of an input of unknown size")
-    out = []
-    for a in range(2):
-        n = hw[a]
-        total = max((math.ceil(n / s[a]) - 1) * s[a] + d[a] * (k[a] - 1) + 1 - n, 0)
-        out.append(total // 2)
-    return tuple(out)
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
 
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+    nn.Threshold, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm2d,
+    nn.LayerNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.Identity, nn.Softmax, nn.LogSoftmax, nn.Softmax2d, nn.ChannelShuffle,
+    nn.Flatten, nn.Unflatten,
+)
 
-def _same_pad(k, d) -> tuple[int, int]:
-    return tuple((d[a] * (k[a] - 1)) // 2 for a in range(2))
+#: torch / F / operator / Tensor-method names treated as element-wise or channel-only when they
+#: have no rule (no warning is given for them).
+_POINTWISE_NAMES = {
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "elu", "selu", "celu", "gelu",
+    "silu", "mish", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus", "softsign", "prelu",
+    "threshold", "logsigmoid", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "add", "add_",
+    "sub", "sub_", "mul", "mul_", "div", "div_", "truediv", "floordiv", "rsub", "neg", "pos", "abs",
+    "pow", "exp", "log", "sqrt", "rsqrt", "square", "reciprocal", "round", "floor", "ceil", "trunc",
+    "sign", "maximum", "minimum", "where", "batch_norm", "instance_norm", "layer_norm", "group_norm",
+    "local_response_norm", "dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout",
+    "softmax", "log_softmax", "normalize", "cat", "concat", "stack", "contiguous", "to", "float",
+    "double", "half", "bfloat16", "type", "type_as", "clone", "detach", "flip", "getitem", "chunk",
+    "split", "narrow", "expand_as", "fake_quantize_per_tensor_affine",
+    "fake_quantize_per_channel_affine", "quantize_per_tensor", "dequantize", "channel_shuffle",
+    "permute", "view", "reshape", "transpose", "unsqueeze", "squeeze", "flatten", "unflatten",
+    "mean", "sum", "amax", "amin", "max", "min", "linear", "matmul", "addmm", "bmm", "mm",
+    "adaptive_avg_pool1d", "size", "dim", "t", "expand", "repeat", "sub_", "mul_", "add_", "relu6_",
+}
+
+_UNSUPPORTED = (
+    nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle, nn.Unfold,
+    nn.Fold, F.interpolate, F.conv_transpose2d, F.pixel_shuffle, F.grid_sample,
+)
+
+#: Operation → rule giving the node's :class:`ReceptiveField` (or raising when it is unknown).
+#: Keys: module classes (a module uses the rule of its nearest registered base class), functions
+#: (torch's and the TFLite runtime's, :mod:`.tflite.ops`), and ``("method", name)`` for Tensor
+#: methods. Operations without a rule are assumed element-wise (:func:`_assumed_elementwise`).
+RULES: dict[Any, Rule] = {
+    **{k: _elementwise for k in _POINTWISE_MODULES},
+    **{k: _unsupported for k in _UNSUPPORTED},
+    nn.Conv2d: _conv_module,
+    nn.MaxPool2d: _pool_module, nn.AvgPool2d: _pool_module, nn.LPPool2d: _pool_module,
+    nn.AdaptiveAvgPool2d: _adaptive_pool, nn.AdaptiveMaxPool2d: _adaptive_pool,
+    nn.ZeroPad2d: _pad_module, nn.ConstantPad2d: _pad_module, nn.ReflectionPad2d: _pad_module,
+    nn.ReplicationPad2d: _pad_module, getattr(nn, "CircularPad2d", nn.ZeroPad2d): _pad_module,
+    nn.Linear: _linear,
+    F.conv2d: _conv_function, torch.conv2d: _conv_function,
+    F.max_pool2d: partial(_pool_function, dilated=True), torch.max_pool2d: partial(_pool_function, dilated=True),
+    F.max_pool2d_with_indices: partial(_pool_function, dilated=True),
+    F.avg_pool2d: partial(_pool_function, dilated=False), torch._C._nn.avg_pool2d: partial(_pool_function, dilated=False),
+    F.lp_pool2d: _lp_pool_function,
+    F.adaptive_avg_pool2d: _adaptive_pool, F.adaptive_max_pool2d: _adaptive_pool,
+    F.adaptive_max_pool2d_with_indices: _adaptive_pool,
+    F.pad: _pad_function, torch.constant_pad_nd: _pad_function, ("method", "pad"): _pad_function,
+    operator.getitem: _getitem,
+    **{k: _elementwise for k in (operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
+                                 operator.floordiv, operator.pow)},
+    # the TFLite runtime (preimage.models.tflite.ops)
+    TFConv2d: _tf_conv_module,
+    tf_pool2d: _tf_pool,
+    **{k: _elementwise for k in (tflite_input, tf_mean, tf_reshape, tf_squeeze, tf_softmax, relu_n1_to_1,
+                                 fake_quant)},
+}
 
 
 # --------------------------------------------------------------------------------------------

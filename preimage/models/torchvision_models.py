@@ -24,7 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import PreimageError, UnknownNameError
-from .receptive_field import layer_names_of
+from .fx import layer_names_of
 
 __all__ = ["TorchvisionMissingError", "load_torchvision", "wrap_imagenet", "ImageNetModel",
            "IMAGENET_MEAN", "IMAGENET_STD", "torchvision_model_names"]
