@@ -6,28 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from preimage import hoggle as H
+from helpers import textured as synthetic_image
+from preimage.baselines import hoggle as H
 from preimage.errors import InvalidTargetError, PreimageError
-from preimage.imageio import save_image
-
-
-def synthetic_image(rng: np.random.Generator, size: int = 128) -> torch.Tensor:
-    """A random picture on 0–255 with structure everywhere (as natural images have): smooth noise
-    texture, Gaussian blobs and soft oriented edges. ``(1, size, size)`` float32."""
-    from scipy.ndimage import gaussian_filter
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    img = gaussian_filter(rng.standard_normal((size, size)), rng.uniform(2, 4))
-    img = 128 + img * (25 / img.std())
-    for _ in range(rng.integers(3, 6)):
-        cy, cx = rng.uniform(0, size, 2)
-        s = rng.uniform(5, 14)
-        img += rng.choice([-1, 1]) * rng.uniform(40, 90) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * s * s))
-    for _ in range(rng.integers(1, 3)):
-        th = rng.uniform(0, np.pi)
-        off = rng.uniform(-size / 4, size / 4)
-        d = (x - size / 2) * np.cos(th) + (y - size / 2) * np.sin(th) - off
-        img += rng.uniform(30, 70) * np.tanh(d / rng.uniform(1, 3))
-    return torch.from_numpy(np.clip(img, 0, 255))[None].float()
+from preimage.io.images import save_image
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +169,7 @@ def test_assembly_places_patch_over_its_pixels():
     for a, bb in [(pad, pad), (pad + 2, pad + 3), (0, 0)]:
         patches = torch.zeros(n_rows * n_cols, 56, 56, dtype=torch.float64)
         patches[a * n_cols + bb] = 1.0
-        img = H._assemble(patches, n_rows, n_cols, pad, (Hh, Ww)).numpy()
+        img = H.assemble_patches(patches, n_rows, n_cols, pad, (Hh, Ww)).numpy()
         ys, xs = np.nonzero(img > 1e-12)
         y0, x0 = 8 * (a - pad - 1), 8 * (bb - pad - 1)
         assert ys.min() == max(y0, 0) and ys.max() == min(y0 + 55, Hh - 1)

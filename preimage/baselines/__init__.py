@@ -1,0 +1,1 @@
+"""Baselines the paper compares with: HOGgle (:mod:`preimage.baselines.hoggle`)."""
