@@ -4,24 +4,21 @@ import json
 import math
 import warnings
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import blurred_noise
 from preimage.cli import main
-from preimage.evaluate import (evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1,
-                               spread)
+from preimage.data import spread
+from preimage.evaluate import evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1
 
 
 def _write_images(folder, sizes):
     """Smooth random colour images (blurred noise, so HOG has structure) of the given (h, w)."""
-    rng = np.random.default_rng(0)
     paths = []
-    for i, (h, w) in enumerate(sizes):
-        small = rng.uniform(0, 255, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
-        img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    for i, img in enumerate(blurred_noise(sizes, seed=0)):
         p = folder / f"n0000000{i}_thing.png"
-        img.save(p)
+        Image.fromarray(img).save(p)
         paths.append(p)
     return paths
 
@@ -85,14 +82,19 @@ def _refuse_to_invert(*args, **kwargs):
     raise AssertionError("a cached batch was computed again")
 
 
+def _batch_files(cache):
+    """The files of the finished batches (invert units) in an evaluation's cache store."""
+    return sorted(cache.glob("units/*/*/errors.safetensors"))
+
+
 def test_an_interrupted_table1_resumes_from_its_finished_batches(tmp_path, monkeypatch):
-    import preimage.evaluate as ev
+    import preimage.experiments.units as ev
     paths = _write_images(tmp_path, [(40, 48), (40, 48), (48, 56)])  # two sizes: two batches
     cache = tmp_path / "parts"
     first = evaluate_shallow(("hog",), paths=paths, iterations=6, progress=False, cache_dir=cache)
-    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert len(_batch_files(cache)) == 2
     # "interrupt": lose one batch; the rerun computes only that one and gives the same table
-    sorted(cache.glob("*.safetensors"))[0].unlink()
+    _batch_files(cache)[0].unlink()
     calls = []
     real_invert = ev.invert
     monkeypatch.setattr(ev, "invert", lambda *a, **k: calls.append(1) or real_invert(*a, **k))
@@ -107,7 +109,7 @@ def test_an_interrupted_table1_resumes_from_its_finished_batches(tmp_path, monke
 
 
 def test_cnn_layer_table_resumes_per_layer(tmp_path, monkeypatch):
-    import preimage.evaluate as ev
+    import preimage.experiments.units as ev
     paths = _write_images(tmp_path, [(60, 80), (64, 64)])
     cache = tmp_path / "parts"
     with warnings.catch_warnings():

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from preimage.errors import PreimageError
-from preimage.reproduce import add_reproduce_parser, cmd_reproduce
-from preimage.reproduce.experiments import (EXPERIMENTS, PRESETS, Config, analogue, build_plan, config_from,
-                                            evenly, layer_lambda, resolve_only, run_unit)
+from preimage.cli.reproduce import add_reproduce_parser, cmd_reproduce
+from preimage.data import spread
+from preimage.experiments.base import PRESETS, Config, config_from, layer_lambda
+from preimage.experiments.registry import EXPERIMENTS, build_plan, resolve_only
+from preimage.experiments.units import run_unit
+from preimage.paper import analogue
 
 
 def test_resolve_only():
@@ -40,8 +43,8 @@ def test_layer_mapping_helpers():
     names = [f"b{i}" for i in range(1, 21)]
     assert analogue(names, 4) == "b4" and analogue(names, 20) == "b20"
     assert analogue(names[:10], 4) == "b2" and analogue(names[:3], 1) == "b1"
-    assert evenly(names, 4) == ["b1", "b7", "b14", "b20"]
-    assert evenly(names, None) == names and evenly(names, 1) == ["b20"]
+    assert spread(names, 4) == ["b1", "b6", "b11", "b16"]
+    assert spread(names, None) == names and spread(names, 1) == ["b1"]
     assert [layer_lambda(names, n) for n in ("b1", "b6", "b7", "b12", "b13", "b20")] == [0.5, 0.5, 5, 5, 50, 50]
 
 
@@ -77,11 +80,11 @@ def test_quick_plan_uses_a_subset_of_layers(shared):
 
 
 def test_missing_model_is_skipped_with_a_reason(shared, monkeypatch):
-    from preimage.reproduce import experiments
+    from preimage.experiments import base
 
     def boom(self, name):
         raise FileNotFoundError(f"no {name} here")
-    monkeypatch.setattr(experiments._Context, "model", boom)
+    monkeypatch.setattr(base.Context, "model", boom)
     p = build_plan(PRESETS["tiny"], "table3,fig1,fig4")
     assert "no mobilenet_v2 here" in p.skipped["fig1"]
     assert "table3" in p.skipped
@@ -109,12 +112,12 @@ def test_invert_unit(shared):
 def test_codes_unit_normaliser_matches_metrics(shared):
     from preimage.metrics import pairwise_normaliser
     from preimage.representations import get_representation
-    from preimage.reproduce.experiments import load_eval_image
+    from preimage.experiments.units import load_unit_image
     plan = build_plan(config_from("tiny", ["shallow_reps=hog", "hoggle=none", "n_images=3"]), "table1")
     u = next(u for u in plan.units if u.kind == "codes")
     out = run_unit(u.params)
     rep = get_representation("hog")
-    codes = [rep(load_eval_image(n, "grey", 32)[None])[0] for n in u.params["images"]]
+    codes = [rep(load_unit_image(n, "grey", "crop", 32)[None])[0] for n in u.params["images"]]
     for conv in ("paper", "authors"):
         assert math.isclose(out["metrics"]["normaliser"][conv], pairwise_normaliser(codes, conv), rel_tol=1e-6)
 
@@ -148,8 +151,8 @@ def test_cli_wiring(tmp_path):
 
 
 def test_inline_run_resumes_and_reports(shared, tmp_path):
-    from preimage.reproduce.runner import run
-    from preimage.reproduce.store import ResultStore
+    from preimage.experiments.runner import run
+    from preimage.experiments.store import ResultStore
     cfg = config_from("tiny", ["shallow_iterations=3"])
     lines = []
     s1 = run(cfg, tmp_path, only="fig4,table1", scheduler="inline", torch_threads=1, log=lines.append)
@@ -169,12 +172,39 @@ def test_inline_run_resumes_and_reports(shared, tmp_path):
 def test_quick_reproduction_under_five_minutes(shared, tmp_path):
     """The whole `preimage reproduce --quick` on Dask (LocalCluster), timed."""
     pytest.importorskip("distributed")
-    from preimage.reproduce import main
+    from preimage.cli import main
     t0 = time.perf_counter()
-    rc = main(["--quick", "--out", str(tmp_path)])
+    rc = main(["reproduce", "--quick", "--out", str(tmp_path)])
     seconds = time.perf_counter() - t0
     assert rc == 0
     assert seconds < 300, f"--quick took {seconds:.0f} s"
     html = (tmp_path / "report.html").read_text()
     for exp in ("Table 1", "Table 2", "Table 3", *(f"Figure {i} " for i in range(1, 11))):
         assert exp in html
+
+
+def test_one_object_per_experiment():
+    from preimage.experiments.registry import REGISTRY
+    assert tuple(REGISTRY) == EXPERIMENTS
+    for name, exp in REGISTRY.items():
+        assert exp.name == name and exp.title and exp.text
+
+
+def test_the_scorer_is_the_library_metrics():
+    """Distances stored by the units, scored by experiments.scoring, equal preimage.metrics on the codes."""
+    import torch
+
+    from preimage.experiments import scoring
+    from preimage.metrics import normalised_errors, pairwise_normaliser, summarise
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(5, 3, 4, 4, generator=g)
+    codes = targets[:, None, None] + torch.randn(5, 2, 3, 3, 4, 4, generator=g)  # (N, R, K, code)
+    dist = scoring.code_distances(codes, targets)
+    assert dist.shape == (5, 2, 3)
+    norms = scoring.set_normalisers(list(targets))
+    scored = scoring.score(dist[:, 1, 2].tolist(), norms)
+    for conv in ("paper", "authors"):
+        assert norms[conv] == pairwise_normaliser(list(targets), conv)
+        errs = normalised_errors(list(codes[:, 1, 2]), list(targets), convention=conv)
+        assert scored[conv]["per_image"] == errs.tolist()
+        assert scored[conv]["mean"] == summarise(errs)["mean"]

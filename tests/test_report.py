@@ -12,19 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preimage.reproduce.experiments import PAPER_TABLE1
-from preimage.reproduce.report import write_report
-from preimage.reproduce.store import ResultStore, unit_key
+from helpers import noisy_ramp as _picture
+from preimage.paper import TABLE1 as PAPER_TABLE1
+from preimage.experiments.report import write_report
+from preimage.io.cache import stable_key as unit_key
+from preimage.experiments.store import ResultStore
 
 IMAGES = ["a.JPEG", "b.JPEG", "c.JPEG"]
 DIST = {"hog": [1.0, 2.0, 3.0], "hogb": [0.5, 0.5, 1.0]}
 NORM = {"hog": {"paper": 10.0, "authors": 200.0}, "hogb": {"paper": 4.0, "authors": 20.0}}
-
-
-def _picture(seed: int, h: int = 40, w: int = 40) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
-    return np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def make_store(root: Path) -> dict:

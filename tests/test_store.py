@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preimage.reproduce.store import TMP_MARK, ResultStore, atomic_write_bytes, canonical_json, unit_key
+from preimage.io.cache import TMP_MARK, atomic_write_bytes, canonical_json
+from preimage.io.cache import stable_key as unit_key
+from preimage.experiments.store import ResultStore
 
 
 def test_unit_key_is_stable_and_order_free():
@@ -118,7 +120,7 @@ _SWEEP = ["--preset", "tiny", "--only", "table1", "--set", "shallow_reps=hog", "
 
 
 def _start(out: Path, report: bool) -> subprocess.Popen:
-    code = "import sys; from preimage.reproduce import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from preimage.cli import main; sys.exit(main(['reproduce', *sys.argv[1:]]))"
     args = [sys.executable, "-c", code, *_SWEEP, "--out", str(out)] + ([] if report else ["--no-report"])
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})

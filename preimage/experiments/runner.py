@@ -1,8 +1,8 @@
 """Run a reproduction plan on Dask and record every unit in the results store.
 
-:func:`run` plans the selected experiments (:func:`preimage.reproduce.experiments.build_plan`),
+:func:`run` plans the selected experiments (:func:`preimage.experiments.registry.build_plan`),
 registers every unit in the store, and submits only the units that are not ``finished`` yet, one
-``dask.distributed`` task each (:func:`~preimage.reproduce.experiments.run_unit`, a pure
+``dask.distributed`` task each (:func:`~preimage.experiments.units.run_unit`, a pure
 function of the unit's parameters, keyed by the unit's stable hash). Results come back to this
 process, which alone writes the store (files first, then the row), so a run killed at any point
 loses at most the units in flight, and the next run resumes where it stopped.
@@ -26,7 +26,9 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .experiments import Config, Plan, build_plan, run_unit
+from .base import Config, Plan
+from .registry import build_plan
+from .units import run_unit
 from .store import ResultStore
 
 __all__ = ["run", "default_workers", "library_versions", "INLINE"]
@@ -70,6 +72,7 @@ def library_versions() -> dict:
 
 
 def _describe(params: dict) -> str:
+    """A one-line description of a unit for the progress log."""
     rep = params.get("rep") or {}
     what = rep.get("layer") or rep.get("name") or params.get("model") or params["kind"]
     if params["kind"] == "hoggle":
@@ -85,11 +88,13 @@ def _describe(params: dict) -> str:
 
 
 def _record(store: ResultStore, unit, result: dict) -> None:
+    """Write a computed unit's files and row."""
     store.finish(unit.key, metrics=result["metrics"], timings=result.get("timings"), pngs=result.get("pngs"),
                  tensors=result.get("tensors"), worker=result.get("worker"))
 
 
 def _run_inline(store: ResultStore, todo, log, threads: int | None) -> tuple[int, int]:
+    """Compute the units in this process; returns (computed, failed)."""
     done = failed = 0
     for i, u in enumerate(todo, 1):
         t0 = time.perf_counter()
@@ -109,6 +114,7 @@ def _run_inline(store: ResultStore, todo, log, threads: int | None) -> tuple[int
 
 def _run_dask(store: ResultStore, todo, log, scheduler: str | None, workers: int,
               torch_threads: int | None) -> tuple[int, int, dict]:
+    """Compute the units on a Dask cluster; returns (computed, failed, cluster information)."""
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -169,7 +175,7 @@ def run(config: Config, out: str | Path, *, only: str | Sequence[str] | None = N
     """Run (or resume) a reproduction into the folder ``out``.
 
     Args:
-        config: what to run (:data:`~preimage.reproduce.experiments.PRESETS`).
+        config: what to run (:data:`~preimage.experiments.base.PRESETS`).
         out: the results folder (store, unit files, report).
         only: experiment names (comma list or sequence); ``None``: all.
         scheduler: ``None`` (LocalCluster here), a Dask scheduler address, or ``"inline"``.

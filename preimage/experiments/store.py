@@ -6,7 +6,7 @@ Layout of a store folder ``DIR``::
     DIR/units/<experiment>/<key16>/     the unit's files: PNGs and .safetensors
 
 A *unit* is identified by a stable key, the SHA-256 of its canonical JSON parameters
-(:func:`unit_key`). Its row holds the experiment, the parameters (JSON), a status
+(:func:`preimage.io.cache.stable_key`). Its row holds the experiment, the parameters (JSON), a status
 (``pending`` → ``submitted`` → ``finished`` or ``failed``), the metrics (JSON), timings (JSON),
 the list of its files, the number of attempts and the created / submitted / finished times.
 
@@ -25,11 +25,7 @@ concurrently (``readonly=True``).
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
-import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -38,11 +34,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["ResultStore", "unit_key", "canonical_json", "STATUSES"]
+from ..io.cache import TMP_MARK, atomic_write_bytes, canonical_json, fsync_dir, png_bytes, tensors_bytes
+
+__all__ = ["ResultStore", "STATUSES"]
 
 DB_NAME = "results.sqlite"
 UNITS_DIR = "units"
-TMP_MARK = ".tmp-"
 STATUSES = ("pending", "submitted", "finished", "failed")
 
 _SCHEMA = """
@@ -78,81 +75,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-ready copy: tuples → lists, numpy scalars → Python, floats kept exactly (repr)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else (1e308 if obj > 0 else -1e308)
-    return obj
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) of ``obj``: the text hashed by :func:`unit_key`."""
-    return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def unit_key(params: Mapping[str, Any]) -> str:
-    """Stable key of a unit: hex SHA-256 of its canonical JSON parameters (64 characters).
-
-    Equal parameters (whatever their dict order, tuples or lists) give the same key; any change
-    of a parameter gives another key.
-    """
-    return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 array → PNG bytes."""
-    from PIL import Image
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"PNG images must be uint8 arrays, got {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def tensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    """A dict of torch tensors (or numpy arrays) → safetensors bytes."""
-    import torch
-    from safetensors.torch import save
-    clean = {str(k): (torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v).detach().cpu().contiguous()
-             for k, v in tensors.items()}
-    return save(clean, metadata=dict(metadata) if metadata else None)
-
-
 class ResultStore:
     """The SQLite + files store of one reproduction folder.
 
@@ -183,6 +105,7 @@ class ResultStore:
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     def __enter__(self) -> "ResultStore":
@@ -193,6 +116,7 @@ class ResultStore:
 
     @contextmanager
     def _transaction(self):
+        """One immediate (write-locking) transaction, rolled back on any exception."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -270,7 +194,7 @@ class ResultStore:
             atomic_write_bytes(folder / f"{name}.safetensors", tensors_bytes(group))
             files.append(f"{name}.safetensors")
         if files:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         with self._transaction() as db:
             db.execute("UPDATE units SET status='finished', metrics=?, timings=?, files=?, worker=?, error=NULL, "
                        "finished_at=? WHERE key=? AND status!='finished'",
@@ -299,6 +223,7 @@ class ResultStore:
     # -- reading -------------------------------------------------------------------------------
     @staticmethod
     def _row(row: sqlite3.Row) -> dict:
+        """A database row as a dict with its JSON columns decoded."""
         d = dict(row)
         for k in ("params", "metrics", "timings", "files"):
             d[k] = json.loads(d[k]) if d.get(k) else ({} if k != "files" else [])
@@ -310,10 +235,12 @@ class ResultStore:
         return self._row(row) if row else None
 
     def status(self, key: str) -> str | None:
+        """The status of a unit (:data:`STATUSES`), or None when it is not registered."""
         row = self._db.execute("SELECT status FROM units WHERE key=?", (key,)).fetchone()
         return row["status"] if row else None
 
     def finished_keys(self) -> set[str]:
+        """Keys of every finished unit."""
         return {r[0] for r in self._db.execute("SELECT key FROM units WHERE status='finished'")}
 
     def rows(self, experiment: str | None = None, status: str | None = None) -> list[dict]:
@@ -349,27 +276,32 @@ class ResultStore:
 
     # -- meta and runs -------------------------------------------------------------------------
     def set_meta(self, name: str, value: Any) -> None:
+        """Store a JSON-serialisable value under ``name`` (the plan, the configuration, versions)."""
         with self._transaction() as db:
             db.execute("INSERT INTO meta (name, value, updated_at) VALUES (?, ?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
                        (name, canonical_json(value), time.time()))
 
     def get_meta(self, name: str, default: Any = None) -> Any:
+        """The value stored under ``name``, or ``default``."""
         row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return json.loads(row["value"]) if row else default
 
     def start_run(self, info: Mapping) -> int:
+        """Record the start of a run (status ``running``); returns its id."""
         with self._transaction() as db:
             cur = db.execute("INSERT INTO runs (started_at, status, info) VALUES (?, 'running', ?)",
                              (time.time(), canonical_json(info)))
             return int(cur.lastrowid)
 
     def end_run(self, run_id: int, status: str, info: Mapping) -> None:
+        """Record the end of run ``run_id`` with its status and final information."""
         with self._transaction() as db:
             db.execute("UPDATE runs SET finished_at=?, status=?, info=? WHERE id=?",
                        (time.time(), status, canonical_json(info), run_id))
 
     def runs(self) -> list[dict]:
+        """Every run of the store, oldest first (``info`` decoded)."""
         out = []
         for r in self._db.execute("SELECT * FROM runs ORDER BY id").fetchall():
             d = dict(r)
