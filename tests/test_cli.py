@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import waves
 from preimage.cli import main
 
 
 @pytest.fixture
 def image_file(tmp_path):
-    y, x = np.mgrid[0:64, 0:72]
-    arr = (128 + 60 * np.sin(x / 6.0) * np.cos(y / 9.0)).astype(np.uint8)
+    arr = waves(64, 72, amplitude=60, period_x=6.0, period_y=9.0).astype(np.uint8)
     p = tmp_path / "img.png"
     Image.fromarray(np.stack([arr, arr[::-1], arr[:, ::-1]], axis=2)).save(p)
     return p
@@ -74,16 +74,35 @@ def test_bad_inputs_give_one_line_errors(tmp_path, image_file, capsys):
     assert "cannot read a code" in capsys.readouterr().err
 
 
-def test_rerun_resumes_from_checkpoint(tmp_path, image_file):
+def test_finished_run_removes_its_checkpoint_and_an_interrupted_one_resumes(tmp_path, image_file, monkeypatch):
+    def args(out):
+        return ["invert", str(image_file), "--rep", "hog", "--iters", "60", "--out", str(out), "--no-progress"]
+
+    done = tmp_path / "done"
+    assert main(args(done)) == 0
+    first = json.loads((done / "result.json").read_text())
+    assert not (done / ".checkpoint").exists()  # a finished run leaves no optimiser state behind
+
+    from preimage.objective import InversionObjective
+    forward, calls = InversionObjective.forward, []
+
+    def interrupted_forward(self, u, seen=None):  # Ctrl-C after the checkpoint of iteration 50
+        calls.append(1)
+        if len(calls) == 55:
+            raise KeyboardInterrupt
+        return forward(self, u, seen)
+
     out = tmp_path / "out"
-    args = ["invert", str(image_file), "--rep", "hog", "--iters", "60", "--out", str(out), "--no-progress"]
-    assert main(args) == 0
-    first = json.loads((out / "result.json").read_text())
+    monkeypatch.setattr(InversionObjective, "forward", interrupted_forward)
+    assert main(args(out)) == 130
     assert list((out / ".checkpoint").glob("*.safetensors"))
-    assert main(args) == 0  # finds the finished state: nothing recomputed, same answer
+    assert not (out / "result.json").exists()
+    monkeypatch.setattr(InversionObjective, "forward", forward)
+    assert main(args(out)) == 0  # the same command resumes from iteration 50: same answer, less work
     second = json.loads((out / "result.json").read_text())
     assert np.allclose(second["relative_errors"], first["relative_errors"], rtol=1e-5)
     assert second["seconds"] < first["seconds"]
+    assert not (out / ".checkpoint").exists()
 
 
 def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
@@ -102,3 +121,58 @@ def test_layers_command_prints_table2(capsys):
     assert main(["layers", "caffenet"]) == 0
     out = capsys.readouterr().out
     assert "conv1" in out and "fc8" in out and " 355 " in out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("preimage: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_out_naming_a_file_is_a_one_line_error(tmp_path, image_file, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    assert main(["invert", str(image_file), "--out", str(taken), "--no-progress"]) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert taken.read_text() == "not a folder"
+
+
+def test_device_is_checked_up_front(tmp_path, image_file, capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)  # a CPU-only PyTorch build
+    out = tmp_path / "o"
+    assert main(["invert", str(image_file), "--device", "cuda", "--out", str(out), "--no-progress"]) == 2
+    assert "CUDA is not available in this PyTorch build" in _one_error_line(capsys)
+    assert not out.exists()  # nothing done before the check
+    assert main(["invert", str(image_file), "--device", "gpu", "--out", str(out), "--no-progress"]) == 2
+    assert "not a device name" in _one_error_line(capsys)
+
+
+def test_neighbourhood_larger_than_the_code_is_a_one_line_error(tmp_path, image_file, capsys):
+    assert main(["invert", str(image_file), "--rep", "hog", "--neighbourhood", "500", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "does not fit the code's 8×9 map" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad\nvalue"), FileNotFoundError(2, "No such file", "x.png"),
+                                   FloatingPointError("diverged"), PermissionError(13, "Permission denied", "/o"),
+                                   OSError("disk full")])
+def test_user_errors_are_one_line_without_traceback(monkeypatch, capsys, error):
+    import preimage.cli.layers as layers_command
+
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(layers_command, "cmd_layers", fails)
+    assert main(["layers", "caffenet"]) == 2
+    assert " ".join(str(error).split()) in _one_error_line(capsys)
+
+
+def test_invert_with_a_fourier_image_and_jitter(tmp_path, image_file):
+    """--param and --jitter reach invert and are recorded; --method paper refuses them."""
+    out = tmp_path / "fourier"
+    assert main(["invert", str(image_file), "--rep", "hog", "--param", "fourier", "--jitter", "auto",
+                 "--iters", "20", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "result.json").read_text())["settings"]
+    assert settings["param"] == "fourier" and settings["method"] == "adam" and settings["jitter"] == 2
+    assert main(["invert", str(image_file), "--rep", "hog", "--method", "paper", "--param", "dip",
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2

@@ -1,0 +1,173 @@
+"""Argument helpers shared by the subcommands: the image and representation to invert (the
+*target*), the output folder, the device, lists of numbers.
+
+Every check of user input that the library does not make itself happens here, up front, and
+fails with a :class:`~preimage.errors.PreimageError` that :func:`preimage.cli.main` prints as one
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import PreimageError
+
+#: Longest image side accepted as is by ``invert`` and ``features`` (``--max-side``).
+DEFAULT_MAX_SIDE = 1024
+
+
+def parse_floats(text: str | None) -> list[float] | None:
+    """``"0.5,5,50"`` → ``[0.5, 5.0, 50.0]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PreimageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def output_folder(path: str | Path) -> Path:
+    """The output folder ``--out``, created when missing. Raises :class:`PreimageError` when the
+    path names an existing file or cannot be created."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise PreimageError(f"--out {out}: is a file, not a folder; name a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PreimageError(f"--out {out}: cannot create this folder ({exc.strerror or exc})") from None
+    return out
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` (checked by :func:`resolve_device`)."""
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default cpu)")
+
+
+def resolve_device(text: str | None) -> torch.device | None:
+    """Check ``--device`` before any work starts: the ``torch.device`` to run on (``None``: the
+    default, CPU). Raises :class:`PreimageError` for an unknown name, CUDA on a PyTorch build
+    without CUDA, or a device this machine does not have."""
+    if text is None:
+        return None
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise PreimageError(f"--device {text!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise PreimageError(f"--device {text}: CUDA is not available in this PyTorch build (it is a CPU-only "
+                                "build); use --device cpu, or install a CUDA build of PyTorch")
+        if not torch.cuda.is_available():
+            raise PreimageError(f"--device {text}: this PyTorch build has CUDA but sees no CUDA device (check "
+                                "the driver and CUDA_VISIBLE_DEVICES); use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise PreimageError(f"--device {text}: this machine has {count} CUDA device(s), cuda:0 to "
+                                f"cuda:{count - 1}")
+        return dev
+    try:  # mps, xpu, …: ask the backend itself
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError, AttributeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise PreimageError(f"--device {text}: not available here ({reason}); use --device cpu") from None
+    return dev
+
+
+def add_target_arguments(parser: argparse.ArgumentParser, image_optional: bool = True) -> None:
+    """Add the arguments naming what to invert: IMAGE, ``--rep`` or ``--model``/``--layer``/
+    ``--weights``, ``--colour``, ``--max-side`` (read by :func:`build_target`)."""
+    parser.add_argument("image", nargs="?" if image_optional else None,
+                        help="image file (default: a sample image bundled with scikit-image)")
+    parser.add_argument("--rep", help="shallow representation: hog, hogb, dsift (default hog)")
+    parser.add_argument("--model", help="CNN: caffenet, mobilenet_v2, mobilenet_v2_tf2, mobilenet_v1, "
+                                        "mobilenet_v1_small, torchvision:NAME")
+    parser.add_argument("--layer", help="layer of --model to invert (see `preimage layers MODEL`)")
+    parser.add_argument("--weights", help="weights file for caffenet (safetensors or a state dict)")
+    parser.add_argument("--colour", "--color", action="store_true",
+                        help="invert HOG from the colour image (default: grey, as the paper)")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help=f"downscale larger images to this longest side (default {DEFAULT_MAX_SIDE})")
+
+
+def load_input(path: str | None, mode: str, max_side: int | None) -> tuple[torch.Tensor, str]:
+    """The image to invert: ``(C, H, W)`` on 0–255 (``mode`` ``"rgb"`` or ``"grey"``), downscaled
+    to ``max_side`` (said on stderr), and its name. No path: scikit-image's astronaut."""
+    from ..io.images import default_image, limit_side, load_image
+    if path is None:
+        img, name = default_image(mode)
+        print(f"preimage: no image given, using scikit-image's '{name}' sample", file=sys.stderr)
+        return img, name
+    img = load_image(path, mode=mode)
+    small = limit_side(img, max_side)
+    if small.shape != img.shape:
+        (h, w), (sh, sw) = img.shape[-2:], small.shape[-2:]
+        print(f"preimage: {path} is {h}×{w}; downscaled to {sh}×{sw} (--max-side {max_side})", file=sys.stderr)
+    return small, Path(path).stem
+
+
+@dataclass
+class Target:
+    """What a command inverts or encodes.
+
+    Attributes:
+        representation: the :class:`~preimage.representations.base.Representation` Φ.
+        image: ``(C, H, W)`` on 0–255 (a grey placeholder of the right size when inverting a saved
+            code without its image).
+        name: the image's name (file stem) for messages and ``result.json``.
+        info: what ``result.json`` records about Φ: ``{"rep": …}`` or ``{"model": …, "layer": …}``.
+    """
+
+    representation: torch.nn.Module
+    image: torch.Tensor
+    name: str
+    info: dict = field(default_factory=dict)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``"64,72"`` or ``"64x72"`` → ``(64, 72)``."""
+    try:
+        h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise PreimageError(f"--image-size must be H,W, got {text!r}") from None
+    return h, w
+
+
+def _cnn_target(args) -> Target:
+    """A CNN layer (``--model``/``--layer``) and the RGB image, resized to the network's input."""
+    from ..io.images import resize
+    from ..models import get_model
+    from ..representations.cnn import CNNLayer
+    if not args.layer:
+        raise PreimageError("--model needs --layer NAME (see `preimage layers MODEL`)")
+    rep = CNNLayer(get_model(args.model, weights=getattr(args, "weights", None)), args.layer)
+    img, name = load_input(args.image, "rgb", None)
+    if rep.input_size:
+        img = resize(img, tuple(rep.input_size))
+    return Target(rep, img, name, {"model": args.model, "layer": args.layer})
+
+
+def build_target(args) -> Target:
+    """The representation and image named by the arguments of :func:`add_target_arguments` (and,
+    for ``invert --code`` without an image, ``--image-size``), checked against each other."""
+    from ..representations import get_representation
+    if args.model:
+        return _cnn_target(args)
+    rep_name = args.rep or "hog"
+    rep = get_representation(rep_name)
+    mode = "rgb" if getattr(args, "colour", False) and rep_name != "dsift" else "grey"
+    size = getattr(args, "image_size", None)
+    if getattr(args, "code", None) and args.image is None and size:
+        h, w = _parse_size(size)
+        img, name = torch.full((3 if mode == "rgb" else 1, h, w), 128.0), Path(args.code).stem
+    else:
+        img, name = load_input(args.image, mode, args.max_side)
+    rep.check_input(img[None])
+    return Target(rep, img, name, {"rep": rep_name})

@@ -1,0 +1,69 @@
+"""``preimage reproduce``: every table and figure of the paper as a report, run as resumable
+units (on Dask, or inline) by :mod:`preimage.experiments`.
+
+    preimage reproduce --quick --out runs/quick            # a few minutes on a laptop CPU
+    preimage reproduce --out runs/full [--workers 2]       # the full run (opt-in: days on a CPU)
+    preimage reproduce --only table1,fig4 --out runs/x     # a subset
+    preimage reproduce --scheduler tcp://host:8786 --out runs/full   # on an existing Dask cluster
+    preimage reproduce --report-only --out runs/full       # rewrite the report from the store
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import PreimageError
+from ..experiments import EXPERIMENTS, PRESETS, config_from, run, write_report
+
+
+def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``reproduce`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
+    p = subparsers.add_parser(
+        "reproduce", help="reproduce the paper's tables and figures as a report (on Dask)",
+        description="Run the experiments of the paper (Table 1, Table 2, the Table-3 analogue on MobileNets, "
+                    "figure analogues 1-10) as resumable Dask units and write DIR/report.html and "
+                    "DIR/report.md. Re-running with the same arguments resumes a killed run.")
+    p.add_argument("--out", required=True, metavar="DIR", help="results folder (store, images, report)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few images, fewer iterations, a subset of layers (minutes, not days)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="configuration preset (--quick is --preset quick; default full)")
+    p.add_argument("--only", default=None, metavar="LIST",
+                   help=f"comma-separated experiments: {','.join(EXPERIMENTS)} (or figs, tables)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: a LocalCluster on this machine; 'inline': no Dask)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="LocalCluster worker processes (default 1 on ≤ 2 cores, else 2)")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch threads per unit (default 1 per LocalCluster worker)")
+    p.add_argument("--images", type=int, default=None, metavar="N", help="eval images for the tables")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration setting (e.g. shallow_iterations=100); repeatable")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--report-only", action="store_true", help="only (re)write the report from the store")
+    p.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def cmd_reproduce(args) -> int:
+    """Entry point of ``preimage reproduce`` (errors are :class:`~preimage.errors.PreimageError`).
+    Returns 0, or 1 when some units failed."""
+    if args.report_only:
+        paths = write_report(args.out)
+        print(f"report: {paths['html']} and {paths['markdown']}")
+        return 0
+    if args.quick and args.preset not in (None, "quick"):
+        raise PreimageError("--quick and --preset disagree")
+    preset = "quick" if args.quick else (args.preset or "full")
+    overrides = list(args.set)
+    if args.images is not None:
+        overrides.append(f"n_images={args.images}")
+    config = config_from(preset, overrides)
+    if args.workers is not None and args.workers < 1:
+        raise PreimageError("--workers must be at least 1")
+    summary = run(config, args.out, only=args.only, scheduler=args.scheduler, workers=args.workers,
+                  report=not args.no_report, torch_threads=args.torch_threads)
+    print(f"{summary['planned']} units ({summary['already_finished']} reused, {summary['computed']} computed, "
+          f"{summary['failed']} failed) in {summary['seconds']:.1f} s"
+          + (f"; report: {summary['report']['html']}" if "report" in summary else ""))
+    return 1 if summary["failed"] else 0
