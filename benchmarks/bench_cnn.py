@@ -15,26 +15,18 @@ Then, per model, ``inversions``: the wall time of one whole default inversion (4
 the layer's default λ_V and rate) of a random image at batch 1 through the mid-network layer
 (the target: at most 30 s for MobileNet v2 on a 2-core CPU). ``--no-inversion`` skips it.
 
-Usage: ``python benchmarks/bench_cnn.py [--device cuda] [--reps 3] [--models caffenet,mobilenet_v2]``.
-Prints one JSON object (progress lines on stderr). About 5 minutes on two busy CPU cores;
-``--models caffenet`` alone takes about one.
+Usage: ``python benchmarks/bench_cnn.py [--device cuda] [--repeats 3] [--models caffenet,mobilenet_v2]
+[--out FILE] [--quick]``. Prints one JSON object (progress lines on stderr). About 5 minutes on two
+busy CPU cores; ``--models caffenet`` alone takes about one; ``--quick`` (CaffeNet, batch 1, one
+repeat, a 2-iteration inversion) a few seconds.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import time
 import warnings
-from pathlib import Path
 
+import _harness as bench  # first: it makes the checkout importable
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preimage.data import shared_dir  # noqa: E402
 from preimage.invert import invert  # noqa: E402
@@ -42,25 +34,12 @@ from preimage.models import MOBILENET_MODEL_NAMES, get_model  # noqa: E402
 from preimage.representations.cnn import CNNLayer, list_layers  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def matmul_peak_gflops(device: torch.device, reps: int = 5) -> float:
     """Best observed float32 ``torch.mm`` throughput (GFLOP/s) on ``device``."""
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    torch.mm(a, b)
-    _sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n ** 3 / bench.time_call(lambda: torch.mm(a, b), reps, device=device).best / 1e9
 
 
 def _step(rep: CNNLayer, x: torch.Tensor) -> None:
@@ -78,27 +57,20 @@ def flops_per_iter(rep: CNNLayer, x: torch.Tensor) -> int:
 
 
 def time_per_iter(rep: CNNLayer, x: torch.Tensor, reps: int) -> float:
-    _step(rep, x)  # warm-up
-    _sync(x.device)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        _step(rep, x)
-        _sync(x.device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of one forward + backward to the input ``x`` (B, 3, H, W)."""
+    return bench.time_call(lambda: _step(rep, x), reps, device=x.device).median
 
 
-def time_inversion(name: str, layer: str, rep: CNNLayer, device: torch.device) -> dict:
-    """Wall time of one default inversion (the CNN schedule, 400 iterations) at batch 1."""
+def time_inversion(name: str, layer: str, rep: CNNLayer, device: torch.device,
+                   iterations: int | None = None) -> dict:
+    """Wall time of one default inversion (the CNN schedule, 400 iterations unless ``iterations``)
+    at batch 1."""
     x = torch.rand(1, 3, *rep.input_size, device=device) * 255
-    _sync(device)
-    t = time.perf_counter()
-    res = invert(rep, x, progress=False)
-    _sync(device)
-    sec = time.perf_counter() - t
+    kw = {} if iterations is None else {"iterations": iterations}
+    with bench.Stopwatch(device) as sw:
+        res = invert(rep, x, progress=False, **kw)
     return {"model": name, "layer": layer, "batch": 1, "iterations": res.settings["iterations"],
-            "lambda_tv": res.settings["lambda_tv"][0], "seconds": round(sec, 2),
+            "lambda_tv": res.settings["lambda_tv"][0], "seconds": round(sw.seconds, 2),
             "relative_code_error": round(float(res.relative_errors.min()), 4)}
 
 
@@ -109,57 +81,57 @@ def pick_layers(model) -> list[tuple[str, float]]:
     return [(mid.name, mid.depth), (infos[-1].name, infos[-1].depth)]
 
 
+def measure(name: str, layer: str, depth: float, rep: CNNLayer, batch: int, reps: int, peak: float,
+            device: torch.device) -> dict:
+    """Speed of one forward + backward through ``rep`` at ``batch`` on random 0–255 input."""
+    x = (torch.rand(batch, 3, *rep.input_size, device=device) * 255).requires_grad_()
+    flops = flops_per_iter(rep, x)
+    sec = time_per_iter(rep, x, reps)
+    return {"model": name, "layer": layer, "relative_depth": round(depth, 3), "batch": batch,
+            "input_size": list(rep.input_size), "code_shape": list(rep.output_shape),
+            "ms_per_iter": round(1e3 * sec, 2), "ms_per_image": round(1e3 * sec / batch, 2),
+            "gflop_per_iter": round(flops / 1e9, 3), "achieved_gflops": round(flops / sec / 1e9, 1),
+            "fraction_of_peak": round(flops / sec / 1e9 / peak, 3)}
+
+
+def bench_model(name: str, args, device: torch.device, peak: float, out: dict) -> None:
+    """Every measurement of one model, appended to ``out``; a model that cannot be loaded (missing
+    shared data or importer) is recorded under ``skipped``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_model(name)
+    except Exception as e:
+        out["skipped"][name] = f"{type(e).__name__}: {e}"
+        return
+    model = model.to(device)
+    for k, (layer, depth) in enumerate(pick_layers(model)):
+        rep = CNNLayer(model, layer).to(device)
+        for b in (int(b) for b in args.batches.split(",")):
+            out["results"].append(measure(name, layer, depth, rep, b, args.repeats, peak, device))
+            bench.progress(out["results"][-1])
+        if not args.no_inversion and k == 0:  # the mid-network layer
+            out["inversions"].append(time_inversion(name, layer, rep, device, args.inversion_iters))
+            bench.progress(out["inversions"][-1])
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=3)
+    ap = bench.parser(__doc__.splitlines()[0], device=True, repeats=3, repeats_flags=("--repeats", "--reps"))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--models", default=None, help="comma-separated (default: caffenet + MobileNets if present)")
     ap.add_argument("--no-inversion", action="store_true", help="skip the whole 400-iteration inversions")
+    ap.add_argument("--inversion-iters", type=int, default=None, help="iterations of the timed inversion "
+                    "(default: the layer's schedule, 400)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    batches = [int(b) for b in args.batches.split(",")]
+    args = bench.quick(args, batches="1", repeats=1, models=args.models or "caffenet", inversion_iters=2)
+    device = bench.setup(args)
     names = args.models.split(",") if args.models else (
         ["caffenet"] + (list(MOBILENET_MODEL_NAMES) if shared_dir() is not None else []))
-
-    peak = matmul_peak_gflops(device)
-    out = {"benchmark": "cnn forward+backward to the input",
-           "machine": {"torch": torch.__version__, "python": platform.python_version(),
-                       "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                  else platform.processor() or platform.machine()),
-                       "threads": torch.get_num_threads(),
-                       # other processes compete for the cores: read timings with this in mind
-                       "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                       "matmul_peak_gflops": round(peak, 1)},
-           "results": [], "inversions": [], "skipped": {}}
+    peak = matmul_peak_gflops(device, 1 if args.quick else 5)
+    out = {"matmul_peak_gflops": round(peak, 1), "results": [], "inversions": [], "skipped": {}}
     for name in names:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = get_model(name)
-        except Exception as e:  # missing shared data or importer
-            out["skipped"][name] = f"{type(e).__name__}: {e}"
-            continue
-        model = model.to(device)
-        for k, (layer, depth) in enumerate(pick_layers(model)):
-            rep = CNNLayer(model, layer).to(device)
-            for b in batches:
-                x = (torch.rand(b, 3, *rep.input_size, device=device) * 255).requires_grad_()
-                flops = flops_per_iter(rep, x)
-                sec = time_per_iter(rep, x, args.reps)
-                out["results"].append({
-                    "model": name, "layer": layer, "relative_depth": round(depth, 3), "batch": b,
-                    "input_size": list(rep.input_size), "code_shape": list(rep.output_shape),
-                    "ms_per_iter": round(1e3 * sec, 2), "ms_per_image": round(1e3 * sec / b, 2),
-                    "gflop_per_iter": round(flops / 1e9, 3),
-                    "achieved_gflops": round(flops / sec / 1e9, 1),
-                    "fraction_of_peak": round(flops / sec / 1e9 / peak, 3)})
-                print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
-            if not args.no_inversion and k == 0:  # the mid-network layer
-                out["inversions"].append(time_inversion(name, layer, rep, device))
-                print(json.dumps(out["inversions"][-1]), file=sys.stderr, flush=True)
-        del model
-    print(json.dumps(out, indent=1))
+        bench_model(name, args, device, peak, out)
+    bench.emit("cnn forward+backward to the input", args, out, device=device)
     return 0
 
 

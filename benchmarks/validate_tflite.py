@@ -6,23 +6,22 @@ rounded to integer pixels, then fed to the interpreter (``ai_edge_litert``, uint
 imported network, both float and with emulated quantisation. Prints JSON per model and split:
 top-1 agreement with the interpreter (strict, and "tie-aware": counted as agreeing when the
 prediction is among the interpreter's tied uint8 maxima), top-1 accuracies, the mean absolute
-probability difference, and the batch-1 forward time (best of 10, CPU, ``--threads``).
+probability difference, and the batch-1 forward time (best of ``--repeats``, CPU, ``--threads``).
 
-    python benchmarks/validate_tflite.py [--models mobilenet_v2 ...] [--split eval|train|all]
+    python benchmarks/validate_tflite.py [--models mobilenet_v2 ...] [--split eval|train|all] [--limit N]
+                                         [--out FILE] [--quick]
+
+``--quick``: the first model, the first 2 eval images, 2 timed forwards.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-
+import _harness as bench  # first: it makes the checkout importable
 import numpy as np
 import torch
 
 from preimage import data
-from preimage.classify import load_for_classification, synset_class_index
+from preimage.models.classify import load_for_classification, synset_class_index
 from preimage.models.mobilenet import MOBILENET_NAMES, load_mobilenet, mobilenet_files
 from preimage.models.tflite import ReferenceInterpreter
 
@@ -55,66 +54,67 @@ def evaluate(name: str, paths, cache: dict) -> dict:
     x = cache[key]
     ref = ReferenceInterpreter(mobilenet_files(name))
     times = {}
-    t = time.perf_counter()
-    q = ref(x).astype(np.int64)
-    times["interpreter_s"] = time.perf_counter() - t
+    with bench.Stopwatch() as sw:
+        q = ref(x).astype(np.int64)
+    times["interpreter_s"] = sw.seconds
     s, zp = ref.output_quantization
-    t = time.perf_counter()
-    p_float = run_net(net, x)
-    times["float_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    p_emu = run_net(emu, x)
-    times["emulated_s"] = time.perf_counter() - t
+    with bench.Stopwatch() as sw:
+        p_float = run_net(net, x)
+    times["float_s"] = sw.seconds
+    with bench.Stopwatch() as sw:
+        p_emu = run_net(emu, x)
+    times["emulated_s"] = sw.seconds
     return {"q": q, "ref_prob": s * (q - zp), "float": p_float, "emulated": p_emu, "times": times}
 
 
 def forward_time_ms(name: str, repeats: int = 10) -> float:
+    """Best batch-1 forward time (ms) of the float network on a random 0–255 image."""
     net = load_mobilenet(name)
     x = torch.rand(1, 3, *net.input_size) * 255
-    best = float("inf")
     with torch.no_grad():
-        net(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            net(x)
-            best = min(best, time.perf_counter() - t)
-    return 1000 * best
+        return 1000 * bench.time_call(lambda: net(x), repeats).best
+
+
+def split_summary(r: dict, idx: np.ndarray, truth: np.ndarray) -> dict:
+    """The interpreter's accuracy and ties, and the float and emulated networks' agreement with
+    it, over the images ``idx``."""
+    q, rp, truth = r["q"][idx], r["ref_prob"][idx], truth[idx]
+    return {
+        "interpreter_accuracy_pct": round(100.0 * float(np.mean(q.argmax(1) == truth)), 2),
+        "interpreter_top1_ties_pct": round(100.0 * float(np.mean((q == q.max(1, keepdims=True)).sum(1) > 1)), 2),
+        "float": summarise(q, rp, truth, r["float"][idx]),
+        "emulated": summarise(q, rp, truth, r["emulated"][idx]),
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Validate imported MobileNets against the TFLite interpreter")
+    ap = bench.parser("Validate imported MobileNets against the TFLite interpreter", repeats=10)
     ap.add_argument("--models", nargs="*", default=list(MOBILENET_NAMES))
     ap.add_argument("--split", choices=("eval", "train", "all"), default="all")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    ap.set_defaults(threads=1)  # 1 is fastest on a shared machine
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = bench.quick(args, models=args.models[:1], split="eval", limit=2, repeats=2)
+    bench.setup(args)
     if data.shared_dir() is None:
-        print(json.dumps({"skipped": data.missing_reason()}))
+        bench.emit("validate tflite", args, {"skipped": data.missing_reason()})
         return 0
     ev, tr = data.eval_images(), data.train_images()
-    paths = {"eval": ev, "train": tr, "all": ev + tr}[args.split]
+    paths = {"eval": ev, "train": tr, "all": ev + tr}[args.split][:args.limit]
     truth_all = np.array([synset_class_index(p) for p in paths])
     subsets = {args.split: np.arange(len(paths))}
     if args.split == "all":
-        subsets["eval"] = np.arange(len(ev))
+        subsets["eval"] = np.arange(min(len(ev), len(paths)))
     cache: dict = {}
-    out = {"torch_threads": torch.get_num_threads(), "images": {k: len(v) for k, v in subsets.items()},
-           "models": {}}
+    out = {"images": {k: len(v) for k, v in subsets.items()}, "models": {}}
     for name in args.models:
         r = evaluate(name, paths, cache)
-        res = {"forward_batch1_ms": round(forward_time_ms(name), 2),
+        res = {"forward_batch1_ms": round(forward_time_ms(name, args.repeats), 2),
                **{k: round(v, 2) for k, v in r["times"].items()}}
-        for split, idx in subsets.items():
-            q, rp, truth = r["q"][idx], r["ref_prob"][idx], truth_all[idx]
-            res[split] = {
-                "interpreter_accuracy_pct": round(100.0 * float(np.mean(q.argmax(1) == truth)), 2),
-                "interpreter_top1_ties_pct": round(100.0 * float(np.mean((q == q.max(1, keepdims=True)).sum(1) > 1)), 2),
-                "float": summarise(q, rp, truth, r["float"][idx]),
-                "emulated": summarise(q, rp, truth, r["emulated"][idx]),
-            }
+        res.update({split: split_summary(r, idx, truth_all) for split, idx in subsets.items()})
         out["models"][name] = res
-        print(f"{name}: done", file=sys.stderr)
-    print(json.dumps(out, indent=2))
+        bench.progress({"model": name, "done": True})
+    bench.emit("validate tflite", args, out, indent=2)
     return 0
 
 
