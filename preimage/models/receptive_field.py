@@ -592,37 +592,49 @@ def _window(ci, cj, h, w, n):
     return r0, r1, c0, c1
 
 
+def units_box(rf: ReceptiveField, hw: tuple[int, int] | None, input_size: tuple[int, int],
+              units: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """Input-pixel box ``(top, left, bottom, right)`` seen by the units ``rows r0:r1, cols c0:c1``
+    (``units = (r0, r1, c0, c1)``, exclusive ends) of a layer with field ``rf`` and map ``hw``;
+    a layer without spatial axes (``hw`` None, or a field that is not spatial) sees the field of its
+    unit 0. Bottom/right are exclusive, the box clipped to ``input_size = (H, W)``."""
+    if not rf.spatial or hw is None or units is None:
+        top, left, bottom, right = rf.span(0, 0)
+    else:
+        r0, r1, c0, c1 = units
+        top, left, _, _ = rf.span(r0, c0)
+        _, _, bottom, right = rf.span(r1 - 1, c1 - 1)
+    H, W = input_size
+    clip = lambda v, hi: int(min(max(v, 0), hi))  # noqa: E731
+    return (clip(math.floor(top + 1e-9), H), clip(math.floor(left + 1e-9), W),
+            clip(math.ceil(bottom - 1e-9), H), clip(math.ceil(right - 1e-9), W))
+
+
 def receptive_field_box(model: nn.Module, layer: str, center: tuple[int, int] | None = None, n: int = 5,
                         input_size=None) -> tuple[int, int, int, int]:
     """Input-pixel box ``(top, left, bottom, right)`` seen by the ``n×n`` units of ``layer``
     around ``center`` (a ``(row, col)`` index into the layer's ``(h, w)`` map, the window
     starting ``(n-1)//2`` units before it; ``None``: the central window of
-    :func:`center_window`, the one :func:`preimage.objective.central_window_mask` selects). ``bottom``/``right`` are exclusive and the box is
-    clipped to the ``(H, W)`` input (default the model's ``input_size``), so
-    ``image[..., top:bottom, left:right]`` is the region. Layers without spatial axes (fc) see
-    the whole image. ``n=1`` gives the field of a single unit.
+    :func:`center_window`, the one :func:`preimage.masks.central_window_mask` selects).
+    ``bottom``/``right`` are exclusive and the box is clipped to the ``(H, W)`` input (default
+    the model's ``input_size``), so ``image[..., top:bottom, left:right]`` is the region. Layers
+    without spatial axes (fc) see the whole image. ``n=1`` gives the field of a single unit.
     """
     t = trace_model(model, input_size)
     node = t.node(layer)
     rf = t.rfs.get(node.name)
-    H, W = t.input_size
     if rf is None:
         raise ValueError(f"the receptive field of layer {layer!r} is unknown (an operation before it "
                          "is not understood)")
-    shape = t.shapes.get(node.name)
-    hw = _hw(shape)
-    if not rf.spatial or hw is None:
-        top, left, bottom, right = rf.span(0, 0)
-    else:
+    hw = _hw(t.shapes.get(node.name))
+    units = None
+    if hw is not None:
         h, w = hw
         if center is None:
-            r0, r1, c0, c1 = center_window(h, w, n)
+            units = center_window(h, w, n)
         else:
             ci, cj = center
             if not (0 <= ci < h and 0 <= cj < w):
                 raise ValueError(f"center {center} is outside the {h}×{w} map of layer {layer!r}")
-            r0, r1, c0, c1 = _window(ci, cj, h, w, n)
-        top, left, _, _ = rf.span(r0, c0)
-        _, _, bottom, right = rf.span(r1 - 1, c1 - 1)
-    clip = lambda v, hi: int(min(max(math.floor(v + 1e-9), 0), hi))  # noqa: E731
-    return clip(top, H), clip(left, W), clip(math.ceil(bottom - 1e-9), H), clip(math.ceil(right - 1e-9), W)
+            units = _window(ci, cj, h, w, n)
+    return units_box(rf, hw, t.input_size, units)

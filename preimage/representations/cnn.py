@@ -18,7 +18,6 @@ fields).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..models.fx import TracedModel, model_input_size, trace_model
-from ..models.receptive_field import ReceptiveField, center_window
+from ..models.receptive_field import ReceptiveField, center_window, units_box
 from ..models.graph_module import truncate_graph_module
 from ..paper import lambda_tv_for_depth
 from .base import Representation
@@ -274,15 +273,9 @@ class CNNLayer(Representation):
         rf = self.receptive_field
         if rf is None:
             return None
-        if rf.spatial and len(self.output_shape) == 3:
-            r0, r1, c0, c1 = center_window(self.output_shape[1], self.output_shape[2], int(window))
-            box = rf.span(r0, c0)[:2] + rf.span(r1 - 1, c1 - 1)[2:]
-        else:
-            box = rf.span(0, 0)
-        (h, w), (top, left, bottom, right) = self._field_input_size, box
-        inside = lambda v, hi: int(min(max(v, 0), hi))  # noqa: E731
-        return (inside(math.floor(top + 1e-9), h), inside(math.floor(left + 1e-9), w),
-                inside(math.ceil(bottom - 1e-9), h), inside(math.ceil(right - 1e-9), w))
+        hw = tuple(self.output_shape[1:]) if len(self.output_shape) == 3 else None
+        units = center_window(hw[0], hw[1], int(window)) if hw is not None else None
+        return units_box(rf, hw, self._field_input_size, units)
 
     def _stop_hook(self, module, inputs, output):
         if self._active:
