@@ -10,6 +10,11 @@ process (no Dask), and score them with the one scorer, :mod:`preimage.experiment
   size in batches of :data:`BATCH_IMAGES` (in eval order), λ_V = 5 at 227×227×3 carried to the
   image size with λ_α (:func:`preimage.objective.default_lambdas`), β = 2, seed 0, the library's
   schedule (800 iterations).
+Beside the code error, every row reports how close the reconstructions are to the originals in
+image space: the mean SSIM on luminance and the orientation-histogram intersection of IJCV 2016
+(:func:`preimage.image_metrics.image_similarities`), since a code can be matched by an unnatural
+image.
+
 * CNN layers: RGB images resized to the network's input size without cropping (an antialiased
   squash, as the authors' code for CaffeNet), all images in batches of ``max_batch``, λ_V by the
   paper's depth rule for the layer (passed to ``invert`` as given), 400 iterations.
@@ -133,7 +138,7 @@ def _row(rows: list[dict], what: dict) -> dict:
     the units' rows (:func:`.experiments.scoring.score_rows`)."""
     scored = scoring.score_rows(rows[1:], rows[0])
     return {**what, "seconds_per_image": scoring.seconds_per_image(rows[1:]),
-            "paper": scored["paper"], "authors": scored["authors"]}
+            "paper": scored["paper"], "authors": scored["authors"], "image": scoring.image_scores(rows[1:])}
 
 
 def evaluate_shallow(reps: Sequence[str] = ("hog", "hogb", "dsift"), *, paths: Sequence[Path] | None = None,
@@ -165,20 +170,28 @@ def evaluate_shallow(reps: Sequence[str] = ("hog", "hogb", "dsift"), *, paths: S
     return result
 
 
+def _similarity(row: dict) -> str:
+    """The row's mean image-space similarities as two table cells (SSIM on luminance, orientation
+    histogram intersection; "—" where not measured, e.g. HOGgle)."""
+    image = row.get("image") or {}
+    cells = [f"{image[k]:.3f}" if image.get(k) == image.get(k) and k in image else "—" for k in ("ssim", "orientation")]
+    return " | ".join(cells)
+
+
 def format_table1(result: dict) -> str:
     """Markdown table: ours (both conventions, seconds per image) beside the paper's row."""
     lines = [f"Table 1 — {result['images']} images, {result['iterations']} iterations, λ_V = {result['lambda_tv']}",
              "",
              "| representation | error % (paper: dist / mean pairwise dist) | error % (authors' code: squared) "
-             "| s / image | paper's error % |",
-             "|---|---|---|---|---|"]
+             "| SSIM | orient. ∩ | s / image | paper's error % |",
+             "|---|---|---|---|---|---|---|"]
     for rep, row in result["rows"].items():
         p = row["paper"]
         a = row["authors"]
         ref = TABLE1.get(rep)
         ref_s = f"{ref[0]:.2f} ± {ref[1]:.1f}" if ref else "—"
         lines.append(f"| {rep} | {p['mean']:.2f} ± {p['std']:.1f} | {a['mean']:.2f} ± {a['std']:.1f} "
-                     f"| {row['seconds_per_image']:.2f} | {ref_s} |")
+                     f"| {_similarity(row)} | {row['seconds_per_image']:.2f} | {ref_s} |")
     return "\n".join(lines)
 
 
@@ -238,10 +251,10 @@ def format_cnn_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_cnn_layers` results, one row per layer."""
     lines = [f"{result['model']} — {result['images']} images, {result['iterations']} iterations, "
              "λ_V by relative depth (the paper's 0.5 / 5 / 50)", "",
-             "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | s / image |",
-             "|---|---|---|---|---|---|"]
+             "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ | s / image |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         p, a = row["paper"], row["authors"]
         lines.append(f"| {name} | {row['relative_depth']:.2f} | {row['lambda_tv']:g} | {p['mean']:.1f} ± {p['std']:.1f} "
-                     f"| {a['mean']:.1f} ± {a['std']:.1f} | {row['seconds_per_image']:.1f} |")
+                     f"| {a['mean']:.1f} ± {a['std']:.1f} | {_similarity(row)} | {row['seconds_per_image']:.1f} |")
     return "\n".join(lines)

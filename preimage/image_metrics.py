@@ -107,3 +107,24 @@ def orientation_histogram_intersection(x: torch.Tensor, y: torch.Tensor, bins: i
     if x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
         raise ValueError(f"batches of {x.shape[0]} and {y.shape[0]} images do not broadcast")
     return histogram_intersection(orientation_histogram(x, bins), orientation_histogram(y, bins))
+
+
+def image_similarities(reconstructions: torch.Tensor, originals: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both image-space measures of reconstructions against their originals, beside the code error.
+
+    Args:
+        reconstructions: ``(N, R, K, C, H, W)`` on 0–255 (clamped to it here, as they are shown).
+        originals: ``(N, C, H, W)`` on 0–255, the same size.
+    Returns:
+        ``{"ssim": (N, R, K), "orientation": (N, R, K)}`` float64: :func:`ssim_luminance` (needs
+        H, W ≥ 11; NaN for smaller images) and :func:`orientation_histogram_intersection`.
+    """
+    n, r, k = reconstructions.shape[:3]
+    flat = reconstructions.detach().reshape(n * r * k, *reconstructions.shape[3:]).double().clamp(0, 255)
+    ref = originals.detach().double().repeat_interleave(r * k, dim=0)
+    if min(flat.shape[-2:]) >= 11:
+        ssim = ssim_luminance(flat, ref)
+    else:
+        ssim = torch.full((n * r * k,), float("nan"), dtype=torch.float64)
+    orient = orientation_histogram_intersection(flat, ref)
+    return {"ssim": ssim.view(n, r, k), "orientation": orient.double().view(n, r, k)}

@@ -41,8 +41,13 @@ def test_table1_row_on_a_synthetic_set(tmp_path):
     assert row["seconds_per_image"] > 0
     # optimising longer reconstructs better: the evaluation measures the optimisation, not noise
     assert row["paper"]["mean"] < short["rows"]["hog"]["paper"]["mean"]
+    # image-space similarity beside the code error, in [0, 1] and better after more optimisation
+    image, first = row["image"], short["rows"]["hog"]["image"]
+    assert 0 < image["orientation"] <= 1 and -1 <= image["ssim"] <= 1
+    assert image["orientation"] > first["orientation"]
     table = format_table1(longer)
     assert "| hog |" in table and "28.10 ± 7.9" in table  # the paper's number beside ours
+    assert f"{image['ssim']:.3f} | {image['orientation']:.3f}" in table
 
 
 def test_table1_needs_two_images(tmp_path):

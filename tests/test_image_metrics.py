@@ -111,3 +111,18 @@ def test_orientation_histogram_intersection_properties():
     assert histogram_intersection(a, torch.tensor([[0.0, 0.25, 0.75]], dtype=torch.float64)).item() == 0.25
     with pytest.raises(ValueError):
         orientation_histogram(torch.zeros(1, 2, 8, 8))
+
+
+def test_image_similarities_of_inversion_results():
+    """(N, R, K) measures per reconstruction: an exact copy scores 1 on both, noise far less."""
+    from preimage.image_metrics import image_similarities
+    torch.manual_seed(0)
+    originals = F.avg_pool2d(torch.rand(2, 3, 32, 32), 5, 1, 2) * 255
+    recon = torch.stack([originals, torch.rand(2, 3, 32, 32) * 255], 1)[:, :, None]  # (2, 2, 1, 3, 32, 32)
+    sim = image_similarities(recon, originals)
+    assert sim["ssim"].shape == (2, 2, 1) and sim["orientation"].shape == (2, 2, 1)
+    assert torch.allclose(sim["ssim"][:, 0], torch.ones(2, 1, dtype=torch.float64))
+    assert torch.allclose(sim["orientation"][:, 0], torch.ones(2, 1, dtype=torch.float64))
+    assert (sim["ssim"][:, 1] < 0.5).all() and (sim["orientation"][:, 1] < sim["orientation"][:, 0]).all()
+    small = image_similarities(recon[..., :8, :8], originals[..., :8, :8])  # too small for SSIM's window
+    assert torch.isnan(small["ssim"]).all() and torch.isfinite(small["orientation"]).all()

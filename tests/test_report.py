@@ -45,7 +45,8 @@ def make_store(root: Path) -> dict:
             add("table1", {"kind": "invert", "rep": rp, "images": IMAGES, "mode": "grey", "size": 64,
                            "lambda_tv": [5.0], "beta": 2.0, "restarts": 1},
                 {"distance": [[[d]] for d in DIST[rep]], "relative_error": [[[0.3]]] * 3, "shape": [3, 1, 1],
-                 "optimisation_seconds": 6.0, "iterations": 300, "image_shape": [1, 64, 64]},
+                 "optimisation_seconds": 6.0, "iterations": 300, "image_shape": [1, 64, 64],
+                 "ssim": [[[0.5]], [[0.6]], [[0.7]]], "orientation": [[[0.9]], [[0.8]], [[0.7]]]},
                 {"original_n0": _picture(0), "recon_n0_r0_k0": _picture(1)})
         add("table1", {"kind": "invert", "rep": {"type": "shallow", "name": "dsift"}, "images": IMAGES,
                        "lambda_tv": [5.0]}, fail="RuntimeError: made-up failure")
@@ -115,6 +116,7 @@ def test_report_numbers_come_from_the_store(report):
     hb = np.asarray(DIST["hogb"]) / NORM["hogb"]["paper"] * 100
     assert f"{hb.mean():.2f} ± {hb.std():.1f}" in p.cells
     assert "2.00" in p.cells  # seconds per image: 6 s / 3 images
+    assert "0.600 / 0.800" in p.cells  # image-space similarity: mean SSIM / orientation intersection
     # the paper's numbers sit beside ours, labelled as the paper's
     assert f"{PAPER_TABLE1['hog'][0]:.2f} ± {PAPER_TABLE1['hog'][1]:.1f}" in p.cells
     assert any(c.startswith("paper (Mahendran") for c in p.cells)

@@ -101,6 +101,19 @@ def score_rows(rows: Iterable[Mapping], codes_row: Mapping | None, r: int = 0, k
     return {"images": order, **score([dist[n] for n in order], codes_row["metrics"]["normaliser"])}
 
 
+def image_scores(rows: Iterable[Mapping], r: int = 0, k: int = 0) -> dict[str, float]:
+    """Mean image-space similarity of finished ``invert`` units' reconstructions (restart ``r``,
+    setting ``k``) to their originals: ``{"ssim", "orientation"}`` (NaN where none was measured,
+    e.g. HOGgle units or units stored before the measures existed)."""
+    values: dict[str, list[float]] = {"ssim": [], "orientation": []}
+    for row in rows:
+        for key in values:
+            per_image = row["metrics"].get(key) if row["params"]["kind"] == "invert" else None
+            values[key] += [float(v[r][k]) for v in per_image] if per_image else []
+    return {key: float(torch.tensor(v, dtype=torch.float64).nanmean()) if v else float("nan")
+            for key, v in values.items()}
+
+
 def seconds_per_image(rows: Iterable[Mapping]) -> float:
     """Optimisation wall time per image of finished ``invert`` units (each unit's time divided
     over its images), or per-image inversion time of ``hoggle`` units; NaN without images."""

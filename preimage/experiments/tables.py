@@ -50,6 +50,12 @@ def _preprocessing(rows: list[dict]) -> str | None:
 # Table 1
 # ----------------------------------------------------------------------------------------------
 
+def _similarity_cell(image: dict) -> str:
+    """``"SSIM / orientation ∩"`` of :func:`.scoring.image_scores`, "—" where not measured."""
+    vals = [image.get(k, float("nan")) for k in ("ssim", "orientation")]
+    return " / ".join(f"{v:.3f}" if math.isfinite(v) else "—" for v in vals)
+
+
 def table1_rows(c: Collected) -> list[dict]:
     """Per representation: its units (count, finished, failed), images, seconds per image and the
     scored errors (:func:`.scoring.score_rows`: ``{"images", "paper", "authors"}`` or None)."""
@@ -68,7 +74,8 @@ def table1_rows(c: Collected) -> list[dict]:
                     "images": sum(len(r["params"]["images"]) for r in done),
                     "seconds_per_image": scoring.seconds_per_image(done),
                     "iterations": next((r["metrics"].get("iterations") for r in done if r["kind"] == "invert"), None),
-                    "score": scoring.score_rows(done, codes.get("hog" if rep == "hoggle" else rep))})
+                    "score": scoring.score_rows(done, codes.get("hog" if rep == "hoggle" else rep)),
+                    "image": scoring.image_scores(done)})
     return out
 
 
@@ -120,11 +127,13 @@ class Table1(Experiment):
             body.append([_DISPLAY.get(e["rep"], e["rep"]), pct(p["mean"], p["std"]) if p else "—",
                          pct(a["mean"], a["std"]) if a else "—", str(p["n"]) if p else "0",
                          f"{e['seconds_per_image']:.2f}" if math.isfinite(e["seconds_per_image"]) else "—",
+                         _similarity_cell(e["image"]),
                          pct(ref[0], ref[1]) if ref else "—", PAPER_TABLE1_SECONDS.get(e["rep"], "—"), complete])
         s.blocks.append(Table(
             "Table 1: inversion error of shallow representations (percent, mean ± std over images)",
             ["representation", "ours: error % (paper's convention)", "ours: error % (authors' code, squared)",
-             "images", "ours: s / image", f"{PAPER_LABEL}: error %", f"{PAPER_LABEL}: s / image", "units done"],
+             "images", "ours: s / image", "ours: SSIM / orient. ∩", f"{PAPER_LABEL}: error %",
+             f"{PAPER_LABEL}: s / image", "units done"],
             body,
             note="Error of image i: ‖Φ(x*) − Φ(xᵢ)‖ / N_Φ with N_Φ the mean pairwise distance between the codes of "
                  "the evaluated images (paper's convention), and ‖Φ(x*) − Φ(xᵢ)‖² / mean squared pairwise distance "
@@ -197,6 +206,7 @@ def _layer_entry(units: list[dict], codes_row: dict | None, info: dict) -> dict:
     return {"layer": units[0]["params"]["rep"]["layer"], "lambdas": lambdas, "units": len(units),
             "finished": len(done), "channels": info.get("channels"), "rf": (info.get("rf_size") or [None])[0],
             "shape": info.get("output_shape"), "scores": scores,
+            "image": [scoring.image_scores(done, k=k) for k in range(len(lambdas))],
             "seconds": sum(float(u["metrics"].get("optimisation_seconds", 0)) for u in done)}
 
 
@@ -253,6 +263,21 @@ def _model_table3(model: str, rows: list[dict], rule: dict, conv: str, label: st
                  + ["units done"], body, bold)
 
 
+def _model_similarity(model: str, rows: list[dict]) -> Table:
+    """One model's image-space similarity per layer and λ_V (SSIM / orientation-histogram
+    intersection with the original, means; bold: the highest SSIM per layer)."""
+    lambdas = rows[0]["lambdas"]
+    body, bold = [], set()
+    for i, e in enumerate(rows):
+        body.append([e["layer"]] + [_similarity_cell(v) for v in e["image"]])
+        ssim = [v.get("ssim", float("nan")) for v in e["image"]]
+        if any(math.isfinite(v) for v in ssim):
+            bold.add((i, 1 + int(np.nanargmax(ssim))))
+    return Table(f"{model}: image-space similarity of the reconstructions to the originals (SSIM on luminance / "
+                 "orientation-histogram intersection, means; 1 = identical); bold: the highest SSIM per layer",
+                 ["layer"] + [f"λ_V = {v:g}" for v in lambdas], body, bold)
+
+
 class Table3(Experiment):
     """Every (selected) block of the MobileNets × λ_V ∈ {0.5, 5, 50} on the eval images."""
 
@@ -304,6 +329,7 @@ class Table3(Experiment):
             if rows:
                 for conv, label in (("paper", "paper's convention"), ("authors", "authors' code, squared")):
                     s.blocks.append(_model_table3(model, rows, rules.get(model, {}), conv, label))
+                s.blocks.append(_model_similarity(model, rows))
         if data:
             prep = _preprocessing(collected.units.get(self.name, []))
             s.paragraphs.append("λ_V values are the paper's λ₁ = 0.5, λ₂ = 10λ₁, λ₃ = 100λ₁. The paper's depth rule "

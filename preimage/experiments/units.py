@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..invert import invert
+from ..image_metrics import image_similarities
 from . import scoring
 
 __all__ = ["run_unit", "load_unit_image", "image_path", "representation", "network", "unit_device"]
@@ -195,6 +196,8 @@ def _unit_invert(p: dict) -> dict:
     }
     if window:
         metrics["window"] = window
+    similar = image_similarities(res.reconstructions, images)  # image space, beside the code error
+    metrics.update({key: v.tolist() for key, v in similar.items()})
     pngs = _pictures(p, rep, res, images, metrics)
     tensors = {"errors": {"distance": dist, "relative_error": res.relative_errors,
                           **{f"energy_{key}": v for key, v in res.energy.items()}}}
