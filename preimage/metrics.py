@@ -78,6 +78,32 @@ def normalised_errors(recon_codes: Sequence[torch.Tensor], target_codes: Sequenc
     return d.pow(2) / normaliser if convention == "authors" else d / normaliser
 
 
+def score_distances(distances: Sequence[float], normalisers: dict[str, float]) -> dict[str, dict]:
+    """A table row's errors in both conventions from its code distances ‖Φ(x*) − Φ(xᵢ)‖ and the
+    set's normalisers (``{"paper": N_Φ, "authors": N²_Φ}``, :func:`pairwise_normaliser`).
+
+    Returns ``{conv: {"mean", "std", "n" (percent, :func:`summarise`), "normaliser",
+    "per_image" (fractions)}}``; each error is :func:`normalised_errors` of the distance as a
+    one-number code against 0 (‖[d] − [0]‖ = d exactly), so both conventions use one formula.
+    """
+    d = [torch.tensor([float(v)], dtype=torch.float64) for v in distances]
+    zeros = [torch.zeros(1, dtype=torch.float64)] * len(d)
+    out = {}
+    for conv in CONVENTIONS:
+        errs = normalised_errors(d, zeros, normaliser=normalisers[conv], convention=conv)
+        out[conv] = {**summarise(errs), "normaliser": normalisers[conv], "per_image": errs.tolist()}
+    return out
+
+
+def score_set(recon_codes: Sequence[torch.Tensor], target_codes: Sequence[torch.Tensor]) -> dict[str, dict]:
+    """:func:`score_distances` of reconstructions against their targets, normalised over the
+    targets themselves (one code per image, any shapes)."""
+    norms = {conv: pairwise_normaliser(target_codes, conv) for conv in CONVENTIONS}
+    dist = [float((r.detach().double().cpu() - t.detach().double().cpu()).norm())
+            for r, t in zip(recon_codes, target_codes)]
+    return score_distances(dist, norms)
+
+
 def summarise(errors: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation (of the errors, not of the mean) in percent."""
     e = errors.double() * 100

@@ -195,14 +195,14 @@ def test_the_scorer_is_the_library_metrics():
     import torch
 
     from preimage.experiments import scoring
-    from preimage.metrics import normalised_errors, pairwise_normaliser, summarise
+    from preimage.metrics import normalised_errors, pairwise_normaliser, score_distances, summarise
     g = torch.Generator().manual_seed(0)
     targets = torch.randn(5, 3, 4, 4, generator=g)
     codes = targets[:, None, None] + torch.randn(5, 2, 3, 3, 4, 4, generator=g)  # (N, R, K, code)
     dist = scoring.code_distances(codes, targets)
     assert dist.shape == (5, 2, 3)
     norms = scoring.set_normalisers(list(targets))
-    scored = scoring.score(dist[:, 1, 2].tolist(), norms)
+    scored = score_distances(dist[:, 1, 2].tolist(), norms)
     for conv in ("paper", "authors"):
         assert norms[conv] == pairwise_normaliser(list(targets), conv)
         errs = normalised_errors(list(codes[:, 1, 2]), list(targets), convention=conv)

@@ -34,3 +34,17 @@ def test_normalised_errors_and_summary():
     assert ea.tolist() == pytest.approx([0.25 / (50 / 4), 0.0])
     s = summarise(e)
     assert s["mean"] == pytest.approx(5.0) and s["std"] == pytest.approx(5.0)
+
+
+def test_score_set_is_the_table_scorer():
+    """One scorer for every table: both conventions from codes, equal to the library's formulas."""
+    from preimage.metrics import normalised_errors, pairwise_normaliser, score_set, summarise
+    g = torch.Generator().manual_seed(0)
+    targets = [torch.randn(4, 3, 3, generator=g) for _ in range(4)]
+    recons = [t + 0.1 * torch.randn(4, 3, 3, generator=g) for t in targets]
+    scored = score_set(recons, targets)
+    for conv in ("paper", "authors"):
+        errs = normalised_errors(recons, targets, convention=conv)
+        assert scored[conv]["per_image"] == errs.tolist()
+        assert scored[conv]["normaliser"] == pairwise_normaliser(targets, conv)
+        assert scored[conv]["mean"] == summarise(errs)["mean"] and scored[conv]["n"] == 4

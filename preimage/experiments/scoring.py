@@ -9,9 +9,9 @@ the same way:
 2. a ``codes`` unit stores the normalisers N_Φ of the evaluated set in both conventions
    (:func:`set_normalisers`, :func:`preimage.metrics.pairwise_normaliser`), from the codes of
    the images computed in the same batches as the invert units compute their targets;
-3. :func:`score_rows` gathers the distances of the set's images (in the set's order) and turns them
-   into errors (:func:`preimage.metrics.normalised_errors`) and their mean ± std in percent
-   (:func:`preimage.metrics.summarise`).
+3. :func:`score_rows` gathers the distances of the set's images (in the set's order) and scores
+   them with :func:`preimage.metrics.score_distances`, the scorer every table uses (HOGgle's own
+   evaluation through :func:`preimage.metrics.score_set`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..metrics import CONVENTIONS, normalised_errors, pairwise_normaliser, summarise
+from ..metrics import CONVENTIONS, normalised_errors, pairwise_normaliser, score_distances
 
 __all__ = ["code_distances", "set_normalisers", "errors", "score", "row_distances", "score_rows",
-           "seconds_per_image", "CONVENTIONS"]
+           "seconds_per_image", "image_scores", "CONVENTIONS"]
 
 
 def code_distances(codes: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,25 +54,6 @@ def set_normalisers(codes: Sequence[torch.Tensor]) -> dict[str, float]:
     return {conv: pairwise_normaliser(codes, conv) for conv in CONVENTIONS}
 
 
-def errors(distances: Sequence[float], normaliser: float, convention: str) -> torch.Tensor:
-    """Normalised errors (fractions, float64 ``(n,)``) of code distances:
-    :func:`preimage.metrics.normalised_errors` of the distances as one-number codes against 0
-    (‖[d] − [0]‖ = d exactly), so the convention's formula is the library's."""
-    d = torch.as_tensor(list(distances), dtype=torch.float64).reshape(-1, 1)
-    zeros = [torch.zeros(1, dtype=torch.float64)] * len(d)
-    return normalised_errors(list(d), zeros, normaliser=normaliser, convention=convention)
-
-
-def score(distances: Sequence[float], normalisers: Mapping[str, float]) -> dict[str, dict]:
-    """Both conventions of a set of distances: ``{conv: {"mean", "std", "n" (percent, from
-    :func:`preimage.metrics.summarise`), "normaliser", "per_image" (fractions)}}``."""
-    out = {}
-    for conv in CONVENTIONS:
-        errs = errors(distances, normalisers[conv], conv)
-        out[conv] = {**summarise(errs), "normaliser": normalisers[conv], "per_image": errs.tolist()}
-    return out
-
-
 def row_distances(row: Mapping, r: int = 0, k: int = 0) -> dict[str, float]:
     """Image name → distance of a finished ``invert`` (restart ``r``, setting ``k``) or ``hoggle``
     unit (``row``: a dict with ``params`` and ``metrics``, e.g. a store row)."""
@@ -86,7 +67,7 @@ def score_rows(rows: Iterable[Mapping], codes_row: Mapping | None, r: int = 0, k
     """Score the units ``rows`` of one representation or layer against the set of ``codes_row``.
 
     The distances of the set's images (``codes_row["params"]["images"]``, in that order; images
-    whose unit is not finished are left out) are scored by :func:`score`. Returns
+    whose unit is not finished are left out) are scored by :func:`preimage.metrics.score_distances`. Returns
     ``{"images": [names], "paper": {…}, "authors": {…}}``, or None without a normaliser or a
     distance.
     """
@@ -98,7 +79,7 @@ def score_rows(rows: Iterable[Mapping], codes_row: Mapping | None, r: int = 0, k
     order = [n for n in codes_row["params"]["images"] if n in dist]
     if not order:
         return None
-    return {"images": order, **score([dist[n] for n in order], codes_row["metrics"]["normaliser"])}
+    return {"images": order, **score_distances([dist[n] for n in order], codes_row["metrics"]["normaliser"])}
 
 
 def image_scores(rows: Iterable[Mapping], r: int = 0, k: int = 0) -> dict[str, float]:

@@ -88,7 +88,7 @@ def evaluate_hoggle(paths: Sequence, dictionary: HoggleDictionary, *, progress: 
         "images", "settings", "paper": {mean, std, n, normaliser, per_image}, "authors": {...}}``,
         means and standard deviations in percent, per-image errors as fractions.
     """
-    from ...metrics import normalised_errors, pairwise_normaliser, summarise
+    from ...metrics import score_set
 
     paths = list(paths)
     if len(paths) < 2:
@@ -96,8 +96,4 @@ def evaluate_hoggle(paths: Sequence, dictionary: HoggleDictionary, *, progress: 
     c = hoggle_codes(paths, dictionary, progress=progress, **invert_kwargs)
     out = {"representation": "hoggle", "n": len(paths), "seconds_per_image": c.seconds_per_image,
            "hog_seconds_per_image": c.hog_seconds_per_image, "images": c.images, "settings": c.settings}
-    for conv in ("paper", "authors"):
-        norm = pairwise_normaliser(c.targets, conv)
-        errs = normalised_errors(c.recons, c.targets, normaliser=norm, convention=conv)
-        out[conv] = {**summarise(errs), "normaliser": norm, "per_image": errs.tolist()}
-    return out
+    return {**out, **score_set(c.recons, c.targets)}
