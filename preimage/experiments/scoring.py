@@ -22,7 +22,7 @@ import torch
 
 from ..metrics import CONVENTIONS, normalised_errors, pairwise_normaliser, score_distances
 
-__all__ = ["code_distances", "set_normalisers", "errors", "score", "row_distances", "score_rows",
+__all__ = ["code_distances", "set_normalisers", "row_distances", "score_rows",
            "seconds_per_image", "image_scores", "CONVENTIONS"]
 
 
