@@ -79,6 +79,21 @@ def test_quick_plan_uses_a_subset_of_layers(shared):
     assert any("left out" in n for n in p.notes.get("table3", []))
 
 
+def test_priors_figure_plans_every_prior_at_four_depths(shared):
+    """The priors figure: pixel (the paper's), Fourier, DIP and the lucent configuration, each at
+    the same four blocks; the prior's invert settings are part of each unit's key."""
+    from preimage.baselines.lucent import LUCENT
+    p = build_plan(PRESETS["quick"], "priors")
+    units = [u for u in p.units if u.experiment == "priors"]
+    if not units:
+        pytest.skip(f"MobileNet unavailable: {p.skipped}")
+    assert len(units) == 16 and len({u.key for u in units}) == 16
+    assert len({u.params["rep"]["layer"] for u in units}) == 4
+    params = {u.params["options"]["param"] for u in units}
+    assert params == {"pixel", "fourier", "dip"}
+    assert sum(u.params["options"] == LUCENT for u in units) == 4
+
+
 def test_missing_model_is_skipped_with_a_reason(shared, monkeypatch):
     from preimage.experiments import base
 

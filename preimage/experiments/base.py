@@ -213,7 +213,7 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
                   lambdas: Sequence[float], iterations: int | None, lambda_scaling: str = "image",
                   lr: float | None = None, beta: float = 2.0, restarts: int = 1, seed: int = 0,
                   window: int | None = None, channels: str | None = None, save: str = "all",
-                  code_picture: bool = False, box: bool = False) -> dict:
+                  code_picture: bool = False, box: bool = False, options: dict | None = None) -> dict:
     """Parameters of an ``invert`` unit: one batched :func:`preimage.invert.invert` call.
 
     ``images`` share one size after ``preprocess``/``size``; ``lambdas`` are λ_V values (K
@@ -222,7 +222,9 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
     ``invert`` unchanged (λ_α its default). ``save``: ``"all"``, ``"first"`` (pictures of the first
     image only, no reconstruction tensors) or ``"none"``. ``window``/``channels``: a code mask
     (:func:`preimage.masks.code_mask`); ``code_picture``: store the target code's picture;
-    ``box``: store reconstructions with the receptive field of the window drawn.
+    ``box``: store reconstructions with the receptive field of the window drawn. ``options``: more
+    :func:`preimage.invert.invert` keyword arguments (JSON values: ``param``, ``param_options``,
+    ``method``, ``jitter``, ``schedule``, ``lambda_tv``/``lambda_alpha`` overrides …), part of the key.
     """
     if preprocess not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, not {preprocess!r}")
@@ -230,7 +232,8 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
             "preprocess": preprocess, "size": size, "lambda_tv": [float(v) for v in lambdas],
             "lambda_scaling": lambda_scaling, "beta": float(beta), "alpha": 6.0, "restarts": int(restarts),
             "seed": int(seed), "iterations": iterations, "lr": lr, "window": window, "channels": channels,
-            "save": save, "code_picture": bool(code_picture), "box": bool(box)}
+            "save": save, "code_picture": bool(code_picture), "box": bool(box),
+            **({"options": dict(options)} if options else {})}
 
 
 def codes_params(experiment: str, rep: dict, images: Sequence[str], batches: Sequence[Sequence[str]], *,

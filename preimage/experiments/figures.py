@@ -16,6 +16,7 @@ import io
 import json
 
 from ..data import spread
+from ..baselines.lucent import LUCENT
 from ..io.artefacts import picture_name
 from ..paper import LAMBDA_TV, LAMBDAS_TV, analogue
 from .base import (Context, Experiment, Plan, cnn_rep, hoggle_params, invert_params, layer_lambda,
@@ -429,4 +430,44 @@ class Fig10(FigureExperiment):
         return tiles, ["original"] * n + [f"{_short(row)} {_err(row, i)}" for i in range(n)], n
 
 
-FIGURES = (Fig1(), Fig2(), Fig3(), Fig4(), Fig5(), Fig6(), Fig7(), Fig8(), Fig9(), Fig10())
+#: The image priors compared by :class:`FigPriors`: label → extra invert() settings.
+PRIORS = {"pixel (paper)": {"param": "pixel", "method": "momentum"}, "fourier": {"param": "fourier"},
+          "dip": {"param": "dip"}, "lucent": LUCENT}
+
+
+class FigPriors(FigureExperiment):
+    """One image through four depths for each image prior, the lucent configuration beside them."""
+
+    name = "priors"
+    title = "Image priors — pixels (the paper's), Fourier, Deep Image Prior and lucent, at four depths"
+    text = ("The same image reconstructed from four blocks spread over the depth, with the image parameterised as "
+            "pixels (the paper's method), a colour-decorrelated Fourier image and a Deep Image Prior generator "
+            "(preimage's α-norm and TV priors on each), beside the lucent configuration (sigmoid Fourier image, "
+            "Adam 5e-2, no prior); the same number of iterations each.")
+
+    def plan(self, plan: Plan, ctx: Context) -> None:
+        """One unit per (prior, block): the first eval image, λ_V by the depth rule."""
+        info = self.cnn_model(plan, ctx)
+        if info is None:
+            return
+        for options in PRIORS.values():
+            for layer in spread(info["usable"], 4):
+                self.cnn_unit(plan, ctx, info, layer, options=options)
+
+    def tiles(self, c: Collected, rows: list[dict]) -> tuple[list, list[str], int]:
+        """A row per prior: the original, then its reconstruction from each block."""
+        by_prior = {label: [r for r in rows if r["params"].get("options") == dict(opts)]
+                    for label, opts in PRIORS.items()}
+        layers = max((len(v) for v in by_prior.values()), default=0)
+        tiles, caps = [], []
+        for label, units in by_prior.items():
+            if not units:
+                continue
+            tiles.append(_png(c, units[0], picture_name("original", 0)))
+            caps.append(label)
+            tiles += [_png(c, u, picture_name("recon", 0)) for u in units] + [None] * (layers - len(units))
+            caps += [f"{_short(u)} {_err(u, 0)}" for u in units] + [""] * (layers - len(units))
+        return tiles, caps, 1 + layers
+
+
+FIGURES = (Fig1(), Fig2(), Fig3(), Fig4(), Fig5(), Fig6(), Fig7(), Fig8(), Fig9(), Fig10(), FigPriors())

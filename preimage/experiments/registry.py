@@ -15,6 +15,7 @@ fig7      the deepest layer at λ_V = 0.5, 5, 50
 fig8      central 5×5 neighbourhood of spatial layers, with the receptive-field box
 fig9      first vs second half of the channels of conv1 / norm1 / norm2 analogues
 fig10     deep-layer (pool5 analogue) reconstructions of several images
+priors    one image through four depths: pixels (the paper's), Fourier, Deep Image Prior, lucent
 ========  ==================================================================================
 
 A new experiment is one :class:`~.base.Experiment` object (in :mod:`.tables` or

@@ -180,9 +180,9 @@ def _unit_invert(p: dict) -> dict:
         if window and len(code_shape) == 3:
             window = min(int(window), *code_shape[1:])  # a map smaller than the window: all of it
         mask = code_mask(code_shape, window, p.get("channels"))
-    res = invert(rep, images, restarts=p["restarts"], lambda_tv=lam_tv, lambda_alpha=lam_alpha, alpha=p["alpha"],
-                 beta=p["beta"], iterations=p["iterations"], lr=p.get("lr"), mask=mask, seed=p["seed"],
-                 progress=False, device=device)
+    kwargs = dict(restarts=p["restarts"], lambda_tv=lam_tv, lambda_alpha=lam_alpha, alpha=p["alpha"], beta=p["beta"],
+                  iterations=p["iterations"], lr=p.get("lr"), mask=mask, seed=p["seed"], progress=False, device=device)
+    res = invert(rep, images, **{**kwargs, **p.get("options", {})})
     n, r, k = res.relative_errors.shape
     dist = scoring.code_distances(res.codes, res.targets, mask)
     tnorm = scoring.code_distances(res.targets, torch.zeros_like(res.targets), mask)
