@@ -117,7 +117,8 @@ def _image_refs(paths: Sequence[Path] | None, limit: int | None) -> list[str]:
 
 
 def _shallow_units(rep: str, images: list[str], batches: list[list[str]], *, iterations: int | None,
-                   lr: float | None, lambda_tv: float, max_side: int | None) -> list[Unit]:
+                   lr: float | None, lambda_tv: float, max_side: int | None,
+                   options: dict | None = None) -> list[Unit]:
     """The ``codes`` unit (HOG's for HOGgle) then the ``invert`` (or ``hoggle``) unit of each batch."""
     space = "hog" if rep == "hoggle" else rep
     units = [Unit(codes_params(_TABLE1, shallow_rep(space), images, batches, mode="grey", preprocess="native",
@@ -129,7 +130,7 @@ def _shallow_units(rep: str, images: list[str], batches: list[list[str]], *, ite
         else:
             units.append(Unit(invert_params(_TABLE1, shallow_rep(rep), batch, mode="grey", preprocess="native",
                                             size=max_side, lambdas=[lambda_tv], iterations=iterations, lr=lr,
-                                            seed=0, save="none")))
+                                            seed=0, save="none", options=options)))
     return units
 
 
@@ -144,7 +145,7 @@ def _row(rows: list[dict], what: dict) -> dict:
 def evaluate_shallow(reps: Sequence[str] = ("hog", "hogb", "dsift"), *, paths: Sequence[Path] | None = None,
                      limit: int | None = None, iterations: int | None = None, lr: float | None = None,
                      lambda_tv: float = 5.0, max_side: int | None = None, progress: bool = True,
-                     cache_dir: str | Path | None = None) -> dict:
+                     cache_dir: str | Path | None = None, options: dict | None = None) -> dict:
     """Table 1 over the eval set (or ``paths``), ``limit`` images spread over it.
 
     One row per representation of ``reps`` (``"hoggle"``: the HOGgle baseline with the default
@@ -159,15 +160,21 @@ def evaluate_shallow(reps: Sequence[str] = ("hog", "hogb", "dsift"), *, paths: S
         raise ValueError("Table 1 needs at least two images (the error is normalised by pairwise distances)")
     batches = image_batches(images, BATCH_IMAGES, lambda n: tuple(load_unit_image(n, "grey", "native", max_side).shape))
     names = [Path(n).name for n in images]
-    result = {"images": len(images), "iterations": iterations or 800, "lambda_tv": lambda_tv, "rows": {}}
+    result = {"images": len(images), "iterations": iterations or 800, "lambda_tv": lambda_tv,
+              "options": dict(options or {}), "rows": {}}
     with _Units(cache_dir) as units:
         for rep in reps:
             bar = tqdm(total=len(images), desc=rep, disable=not progress, dynamic_ncols=True)
             rows = units.rows(_shallow_units(rep, images, batches, iterations=iterations, lr=lr, lambda_tv=lambda_tv,
-                                             max_side=max_side), bar)
+                                             max_side=max_side, options=options), bar)
             bar.close()
             result["rows"][rep] = _row(rows, {"representation": rep, "n": len(images), "images": names})
     return result
+
+
+def _options_text(result: dict) -> str:
+    """``", param=fourier, jitter=auto"`` for a result computed with invert options, else ``""``."""
+    return "".join(f", {k}={v}" for k, v in (result.get("options") or {}).items())
 
 
 def _similarity(row: dict) -> str:
@@ -180,7 +187,8 @@ def _similarity(row: dict) -> str:
 
 def format_table1(result: dict) -> str:
     """Markdown table: ours (both conventions, seconds per image) beside the paper's row."""
-    lines = [f"Table 1 — {result['images']} images, {result['iterations']} iterations, λ_V = {result['lambda_tv']}",
+    lines = [f"Table 1 — {result['images']} images, {result['iterations']} iterations, λ_V = {result['lambda_tv']}"
+             + _options_text(result),
              "",
              "| representation | error % (paper: dist / mean pairwise dist) | error % (authors' code: squared) "
              "| SSIM | orient. ∩ | s / image | paper's error % |",
@@ -196,13 +204,15 @@ def format_table1(result: dict) -> str:
 
 
 def _layer_units(model_name: str, layer: str, lam: float, images: list[str], batches: list[list[str]],
-                 size: list[int], *, iterations: int | None, lr: float | None, seed: int, weights: str) -> list[Unit]:
+                 size: list[int], *, iterations: int | None, lr: float | None, seed: int, weights: str,
+                 options: dict | None = None) -> list[Unit]:
     """The ``codes`` unit then the ``invert`` unit of each batch of one layer (squashed RGB images,
     λ_V passed to invert as given); ``weights`` (the network's fingerprint) is part of every key."""
     rep = {**cnn_rep(model_name, layer), "weights": weights}
     units = [Unit(codes_params(_LAYERS, rep, images, batches, mode="rgb", preprocess="squash", size=size))]
     units += [Unit(invert_params(_LAYERS, rep, batch, mode="rgb", preprocess="squash", size=size, lambdas=[lam],
-                                 lambda_scaling="none", iterations=iterations, lr=lr, seed=seed, save="none"))
+                                 lambda_scaling="none", iterations=iterations, lr=lr, seed=seed, save="none",
+                                 options=options))
               for batch in batches]
     return units
 
@@ -211,7 +221,7 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
                         paths: Sequence[Path] | None = None, limit: int | None = None,
                         iterations: int | None = None, lr: float | None = None,
                         lambda_tv: float | None = None, max_batch: int = BATCH_IMAGES, progress: bool = True,
-                        seed: int = 0, cache_dir: str | Path | None = None) -> dict:
+                        seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None) -> dict:
     """Table-3 style evaluation of a CNN: invert each layer's code of every eval image.
 
     Images are RGB, resized to the network's input size without cropping (as the authors' code
@@ -219,7 +229,8 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     layer); ``lambda_tv`` defaults to the paper's weight for the layer's relative depth. Errors are
     normalised per layer over the set's codes, in both conventions. ``limit`` takes that many
     images spread evenly over the set. With ``cache_dir``, finished units are kept there and an
-    interrupted evaluation resumes. Returns ``{"model", "images", "iterations", "rows": {layer:
+    interrupted evaluation resumes; ``options`` as for :func:`evaluate_shallow`. Returns
+    ``{"model", "images", "iterations", "options", "rows": {layer:
     {"layer", "lambda_tv", "relative_depth", "seconds_per_image", "paper", "authors"}}}``.
     """
     from .models.fx import model_input_size
@@ -241,16 +252,17 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
             rep = representation(cnn_rep(model_name, name), "squash", size)
             lam = rep.lambda_tv if lambda_tv is None else lambda_tv
             unit_rows = units.rows(_layer_units(model_name, name, lam, images, batches, size, iterations=iterations,
-                                                lr=lr, seed=seed, weights=weights), bar)
+                                                lr=lr, seed=seed, weights=weights, options=options), bar)
             rows[name] = _row(unit_rows, {"layer": name, "lambda_tv": lam, "relative_depth": rep.relative_depth})
     bar.close()
-    return {"model": model_name, "images": len(images), "iterations": iterations or 400, "rows": rows}
+    return {"model": model_name, "images": len(images), "iterations": iterations or 400,
+            "options": dict(options or {}), "rows": rows}
 
 
 def format_cnn_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_cnn_layers` results, one row per layer."""
     lines = [f"{result['model']} — {result['images']} images, {result['iterations']} iterations, "
-             "λ_V by relative depth (the paper's 0.5 / 5 / 50)", "",
+             "λ_V by relative depth (the paper's 0.5 / 5 / 50)" + _options_text(result), "",
              "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():

@@ -50,6 +50,17 @@ def test_table1_row_on_a_synthetic_set(tmp_path):
     assert f"{image['ssim']:.3f} | {image['orientation']:.3f}" in table
 
 
+def test_table1_with_a_fourier_image(tmp_path):
+    """evaluate takes invert options (the parameterisation, jitter): the units use them and the
+    table says so."""
+    paths = _write_images(tmp_path, [(40, 48), (40, 48)])
+    res = evaluate_shallow(("hog",), paths=paths, iterations=20, progress=False,
+                           options={"param": "fourier", "jitter": "auto"})
+    assert res["options"] == {"param": "fourier", "jitter": "auto"}
+    assert all(math.isfinite(e) for e in res["rows"]["hog"]["paper"]["per_image"])
+    assert "param=fourier, jitter=auto" in format_table1(res)
+
+
 def test_table1_needs_two_images(tmp_path):
     paths = _write_images(tmp_path, [(40, 48)])
     with pytest.raises(ValueError, match="at least two images"):

@@ -21,6 +21,10 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--lambda-tv", type=float, default=5.0, help="TV weight (default 5, the paper's Table 1)")
     sp.add_argument("--max-side", type=int, default=None, help="downscale eval images (default: native size)")
+    sp.add_argument("--param", choices=["pixel", "fourier", "dip"], default=None,
+                    help="the image's parameterisation (default: the paper's pixels)")
+    sp.add_argument("--jitter", help="jitter the image the code sees by up to N pixels ('auto': a quarter of "
+                                     "the code's stride)")
     sp.add_argument("--out", help="write the results as JSON here; finished batches are kept in OUT.parts "
                                   "until then, so an interrupted run resumes when given the same --out")
     sp.add_argument("--resume-dir", help="keep finished batches in this folder instead (kept afterwards)")
@@ -35,19 +39,20 @@ def cmd_evaluate(args) -> int:
     from ..evaluate import (cached_units, evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1,
                             remove_cache)
     cache_dir = args.resume_dir or (f"{args.out}.parts" if args.out else None)
+    options = {k: v for k, v in (("param", args.param), ("jitter", args.jitter)) if v is not None}
     if cached_units(cache_dir):
         print(f"preimage: resuming from the finished batches in {cache_dir}", file=sys.stderr)
     if args.model:
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = evaluate_cnn_layers(args.model, layers=layers, limit=args.limit, iterations=args.iters,
                                      lr=args.lr, lambda_tv=args.cnn_lambda_tv, progress=not args.no_progress,
-                                     cache_dir=cache_dir)
+                                     cache_dir=cache_dir, options=options)
         table = format_cnn_table(result)
     else:
         reps = [r.strip() for r in args.reps.split(",") if r.strip()]
         result = evaluate_shallow(reps, limit=args.limit, iterations=args.iters, lr=args.lr,
                                   lambda_tv=args.lambda_tv, progress=not args.no_progress, max_side=args.max_side,
-                                  cache_dir=cache_dir)
+                                  cache_dir=cache_dir, options=options)
         table = format_table1(result)
     print(table)
     if args.out:
