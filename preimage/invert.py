@@ -120,7 +120,11 @@ def resolve_jitter(rep: Representation, jitter: int | str | None) -> int:
         return 1
     if isinstance(jitter, str):
         if jitter.strip().lower() != "auto":
-            return resolve_jitter(rep, int(jitter))
+            try:
+                pixels = int(jitter)
+            except ValueError:
+                raise ValueError(f"jitter must be a number of pixels or 'auto', got {jitter!r}") from None
+            return resolve_jitter(rep, pixels)
         stride = rep.code_stride()
         if stride is None:
             raise ValueError(f"jitter='auto' needs the code's stride, which {rep.name} does not declare; "
