@@ -1,0 +1,473 @@
+"""Image priors side by side (issue 14): MobileNet v2 inversions at equal wall time per inversion.
+
+On ``--images`` N images (spread over ``--split eval|train``) resized to the network's input
+(224², no crop, as ``evaluate`` does) and ``--blocks`` K MobileNet v2 layers (``spread`` over
+``model.block_names``: conv1 … logits, 21 names; K = 6 gives conv1, block4_project,
+block7_project, block10_add, block14_project, conv_last), each method inverts the N codes of a
+block as one batch:
+
+* ``paper``: ``invert(rep, x, param="pixel", method="momentum")`` with its defaults (400
+  iterations, the CNN schedule, λ_V by depth): **the time reference**. Its wall time for the
+  batch, divided by N, is the seconds per inversion every other method is given on that block.
+* ``fourier``, ``fourier+jitter`` (``jitter="auto"``: a quarter of the layer's stride, IJCV's
+  step schedule), ``dip``: preimage's priors (α-norm + TV^β at the depth's λ, optionally scaled)
+  with the parameterisation's Adam, given as many iterations as fit the paper's time.
+* ``lucent``: lucent's algorithm re-expressed: Fourier-decorrelated sigmoid-bounded image,
+  Adam 5e-2 at a constant rate, the normalised L2 data term alone (λ_V = λ_α = 0), no transforms.
+* ``lucent+transforms``: the same with lucent's transforms at every step (:func:`lucent_transforms`),
+  through :func:`preimage.optim.minimise` with ``transform=``.
+
+**Equal time** is equal CPU time of this process (``time.process_time``; one torch thread by
+default, so CPU seconds are what the run would take alone on one core): the paper's whole run
+sets the budget for the batch; for each other method, after a 1-iteration warm-up, two short
+runs (``--timing-iterations``, default 2 and 12 iterations) give its CPU seconds per iteration
+(the difference) and its fixed cost (setup, final codes), and it gets
+``K = ⌊(budget − fixed) / per_iteration⌋`` iterations (at least 1; :func:`iterations_for`). CPU
+time, not wall time, because the two cores are shared: a wall-time budget read minutes earlier
+under another load gave methods ±50 % more or less time (CPU time still varies by ≈ ±20 % run to
+run there). The table reports the CPU seconds each run really took, the JSON its wall seconds too.
+
+**Method specs** (``--methods``, comma-separated): a base name above, optionally followed by
+``:key=value`` options: ``lr`` (Adam's rate), ``tv`` (factor on the depth's λ_V), ``alpha``
+(factor on λ_α), ``sched`` (``cnn``: the paper's staged schedule rescaled to K iterations; ``const``:
+one rate throughout), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), e.g.
+``fourier:lr=0.02``, ``fourier+jitter:lr=0.05:tv=0.1``. The spec string is the method's label.
+
+**Columns** per (block, method), means over the N images: the normalised error in the paper's
+convention (‖Φ(x*) − Φ(x)‖ / N_Φ, N_Φ the mean pairwise distance of the block's N target codes),
+the relative code error ‖Φ(x*) − Φ(x)‖ / ‖Φ(x)‖ (both on the reconstruction as optimised, as
+``invert`` reports it), SSIM of the luminances and the IJCV orientation-histogram intersection
+against the original (on the reconstruction clamped to 0–255), iterations, seconds per inversion.
+
+Usage::
+
+    python benchmarks/bench_priors.py --threads 1 [--split eval] [--images 10] [--blocks 6]
+        [--methods paper,fourier,...] [--reference earlier.json] [--out FILE.json]
+
+writes the JSON (``_harness``) and a Markdown table beside ``--out`` (``FILE.md``). ``--reference``
+reuses the ``paper`` rows (time budget and scores) of an earlier run on the same images and blocks
+instead of running the paper's method again. Cost: about 6 × the paper's time, i.e. ≈ 13 s of one
+core per image and block at depth ≥ block4 (0.07 s per forward+backward × 400 iterations × the
+methods). ``--quick``: 2 images, 2 blocks, a 4-iteration paper run (checks that it works).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import _harness as bench  # first: it makes the checkout importable
+import torch
+
+from preimage.data import eval_images, spread, train_images  # noqa: E402
+from preimage.image_metrics import orientation_histogram_intersection, ssim_luminance  # noqa: E402
+from preimage.invert import invert, resolve_jitter  # noqa: E402
+from preimage.io.images import load_image, resize  # noqa: E402
+from preimage.metrics import normalised_errors, pairwise_normaliser, relative_error  # noqa: E402
+from preimage.models import get_model  # noqa: E402
+from preimage.objective import InversionObjective, default_lambdas  # noqa: E402
+from preimage.optim import minimise  # noqa: E402
+from preimage.params import get_parameterisation  # noqa: E402
+from preimage.representations.cnn import CNNLayer  # noqa: E402
+from preimage.transforms import Applied, Compose, Jitter, Transform, warp  # noqa: E402
+
+#: The methods run by default (the new default's candidates with their calibrated settings).
+DEFAULT_METHODS = ("paper", "fourier", "fourier+jitter", "dip", "lucent", "lucent+transforms")
+
+#: Each base method's settings (a spec's options override them).
+BASES = {
+    "paper": dict(param="pixel", optimiser="momentum", lr=None, sched="cnn", tv=1.0, alpha=1.0,
+                  jitter=None, bounded=False, transforms=False),
+    "fourier": dict(param="fourier", optimiser="adam", lr=0.05, sched="cnn", tv=1.0, alpha=1.0,
+                    jitter=None, bounded=False, transforms=False),
+    "fourier+jitter": dict(param="fourier", optimiser="adam", lr=0.05, sched="cnn", tv=1.0, alpha=1.0,
+                           jitter="auto", bounded=False, transforms=False),
+    "dip": dict(param="dip", optimiser="adam", lr=0.01, sched="cnn", tv=1.0, alpha=1.0,
+                jitter=None, bounded=False, transforms=False),
+    "lucent": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0, alpha=0.0,
+                   jitter=None, bounded=True, transforms=False),
+    "lucent+transforms": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0,
+                              alpha=0.0, jitter=None, bounded=True, transforms=True),
+}
+
+#: lucent's transforms as the brief gives them: pad, jitter, scale, rotation, jitter.
+LUCENT_PAD = 12
+LUCENT_JITTERS = (8, 4)
+LUCENT_SCALES = (1.0, 0.975, 1.025, 0.95, 1.05)
+LUCENT_DEGREES = tuple(range(-5, 6))
+
+
+@dataclass
+class Method:
+    """One method of the comparison: its label (the spec) and settings (see :data:`BASES`)."""
+
+    label: str
+    base: str
+    settings: dict = field(default_factory=dict)
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["settings"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _option(key: str, value: str):
+    """A spec option's value, typed."""
+    if key in ("lr", "tv", "alpha"):
+        return float(value)
+    if key == "bounded":
+        return value.strip().lower() in ("1", "true", "yes")
+    if key == "sched":
+        if value not in ("cnn", "const"):
+            raise ValueError(f"sched must be cnn or const, not {value!r}")
+        return value
+    if key == "jitter":
+        return None if value in ("none", "1") else value
+    raise ValueError(f"unknown option {key!r}; valid: lr, tv, alpha, sched, jitter, bounded")
+
+
+def parse_method(spec: str) -> Method:
+    """``base[:key=value]…`` → :class:`Method` (see the module docstring)."""
+    base, *opts = spec.strip().split(":")
+    if base not in BASES:
+        raise ValueError(f"unknown method {base!r}; valid: {', '.join(BASES)}")
+    settings = dict(BASES[base])
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        settings[key] = _option(key, value)
+    if base == "paper" and opts:
+        raise ValueError("the paper's method is the reference: it takes no options")
+    return Method(spec.strip(), base, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# lucent's transforms, re-expressed on a fixed frame
+# ----------------------------------------------------------------------------------------------
+
+class ChoiceAffine(Transform):
+    """Zoom by a factor drawn from ``scales`` and rotate by an angle drawn from ``degrees`` (each
+    uniformly among the listed values, one draw for the batch, as lucent's ``random_scale`` and
+    ``random_rotate``), about the centre of ``x`` ``(N, C, H, W)``; uncovered pixels are zero
+    (in σ-units: the mean pixel)."""
+
+    def __init__(self, scales=(1.0,), degrees=(0,)):
+        self.scales, self.degrees = tuple(float(s) for s in scales), tuple(float(d) for d in degrees)
+
+    def apply(self, x, generator, strength):
+        """``x`` zoomed and rotated (strength scales the zoom − 1 and the angle)."""
+        n, _, h, w = x.shape
+        s = self.scales[int(torch.randint(len(self.scales), (1,), generator=generator))]
+        d = self.degrees[int(torch.randint(len(self.degrees), (1,), generator=generator))]
+        s, a = 1.0 + (s - 1.0) * strength, math.radians(d * strength)
+        cos, sin = math.cos(a) / s, math.sin(a) / s
+        theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype)
+        theta = theta.to(x.device).expand(n, 2, 3)
+        return warp(x, theta, "zeros"), Applied(theta.float(), torch.zeros(n, 2, dtype=torch.long, device=x.device))
+
+
+class PadCrop(Transform):
+    """Pad ``x`` ``(N, C, H, W)`` by ``pad`` zeros (σ-units: the mean pixel, lucent's grey 0.5),
+    apply ``inner`` on the larger canvas, and return its central H×W: lucent's pad-then-transform
+    on the fixed frame our target code needs."""
+
+    def __init__(self, pad: int, inner: Transform):
+        self.pad, self.inner = int(pad), inner
+
+    def apply(self, x, generator, strength):
+        """The central crop of the transformed padded canvas; the record is the inner one's."""
+        p = self.pad
+        h, w = x.shape[-2:]
+        canvas = torch.nn.functional.pad(x, (p, p, p, p))
+        out, applied = self.inner.apply(canvas, generator, strength)
+        return out[..., p:p + h, p:p + w], applied
+
+
+def lucent_transforms() -> Transform:
+    """lucent's standard transforms on a fixed frame: pad 12 (mean grey), jitter 8, zoom from
+    :data:`LUCENT_SCALES`, rotation from :data:`LUCENT_DEGREES`, jitter 4, then the central crop
+    of the input's size (lucent feeds the enlarged canvas to the network; a spatially aligned
+    code needs the input's frame). Jitters are centred shifts (``preimage.transforms.Jitter``)."""
+    return PadCrop(LUCENT_PAD, Compose([Jitter(LUCENT_JITTERS[0], pad_mode="constant"),
+                                        ChoiceAffine(LUCENT_SCALES, LUCENT_DEGREES),
+                                        Jitter(LUCENT_JITTERS[1], pad_mode="constant")]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one method
+# ----------------------------------------------------------------------------------------------
+
+def lambdas(rep: CNNLayer, shape, m: Method) -> tuple[float, float]:
+    """``(λ_α, λ_V)`` of method ``m`` for images of ``shape``: the depth's defaults (as ``invert``
+    takes them) times the method's ``alpha`` and ``tv`` factors."""
+    d_alpha, d_tv = default_lambdas(shape, 6.0, 2.0, lambda_tv_reference=float(rep.lambda_tv))
+    return d_alpha * m.alpha, d_tv * m.tv
+
+
+def _schedule(m: Method, iterations: int):
+    """``(schedule, iterations)`` arguments of ``invert``/``minimise`` for ``iterations`` steps."""
+    if m.sched == "const":
+        return [(int(iterations), 1.0)], None
+    return "cnn", int(iterations)
+
+
+def run_transformed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int, seed: int = 0) -> torch.Tensor:
+    """Method ``m`` with :func:`lucent_transforms` at every step, through ``minimise``:
+    reconstructions ``(N, C, H, W)`` on 0–255 (not clipped)."""
+    shape = tuple(x.shape[1:])
+    with torch.no_grad():
+        target = rep(x)
+    lam_alpha, lam_tv = lambdas(rep, shape, m)
+    obj = InversionObjective(rep, target, shape, lambda_alpha=lam_alpha, lambda_tv=lam_tv,
+                             mean_pixel=rep.mean_pixel)
+    param = get_parameterisation(m.param, shape, x.shape[0], mean_pixel=rep.mean_pixel, sigma=obj.sigma,
+                                 **({"bounded": True} if m.bounded else {}))
+    param = param.init(seed, restarts=torch.zeros(x.shape[0], dtype=torch.long))
+    schedule, its = _schedule(m, iterations)
+    t, gen = lucent_transforms(), torch.Generator().manual_seed(seed)
+    res = minimise(obj, param, lr=m.lr, schedule=schedule, iterations=its, method=m.optimiser,
+                   progress=False, transform=lambda u, k: t(u, gen))
+    return obj.image(res.u).detach()
+
+
+def run_method(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None, seed: int = 0) -> torch.Tensor:
+    """Reconstructions ``(N, C, H, W)`` on 0–255 (not clipped) of ``x`` ``(N, 3, H, W)`` by method
+    ``m`` in ``iterations`` steps (``None``: the paper's default 400)."""
+    if m.transforms:
+        return run_transformed(rep, x, m, iterations, seed)
+    if m.base == "paper":
+        res = invert(rep, x, param="pixel", method="momentum", iterations=iterations, progress=False, seed=seed)
+        return res.reconstructions[:, 0, 0]
+    lam_alpha, lam_tv = lambdas(rep, tuple(x.shape[1:]), m)
+    schedule, its = _schedule(m, iterations)
+    res = invert(rep, x, param=m.param, param_options={"bounded": True} if m.bounded else None,
+                 method=m.optimiser, lr=m.lr, schedule=schedule, iterations=its, lambda_tv=lam_tv,
+                 lambda_alpha=lam_alpha, jitter=m.jitter, progress=False, seed=seed)
+    return res.reconstructions[:, 0, 0]
+
+
+def timed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None) -> tuple[torch.Tensor, float, float]:
+    """``(reconstructions, wall seconds, CPU seconds)`` of the whole call (CPU: this process's
+    ``time.process_time``, which other jobs on the shared cores do not inflate)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cpu0 = time.process_time()
+        with bench.Stopwatch() as sw:
+            recon = run_method(rep, x, m, iterations)
+        cpu = time.process_time() - cpu0
+    return recon, sw.seconds, cpu
+
+
+def iterations_for(rep: CNNLayer, x: torch.Tensor, m: Method, budget: float, short: tuple[int, int]) -> dict:
+    """Iterations of ``m`` that fit ``budget`` CPU seconds for the batch ``x``: after an untimed
+    one-iteration warm-up (first-call costs), two short runs of ``short = (a, b)`` iterations give
+    its CPU seconds per iteration (the difference over b − a) and its fixed cost (setup, final
+    codes); ``K = ⌊(budget − fixed) / per_iteration⌋`` (at least 1). Returns ``{"iterations",
+    "cpu_seconds_per_iteration", "cpu_fixed_seconds"}``."""
+    a, b = short
+    timed(rep, x, m, 1)
+    ta = timed(rep, x, m, a)[2]
+    tb = timed(rep, x, m, b)[2]
+    per = max((tb - ta) / (b - a), 1e-6)
+    fixed = max(ta - a * per, 0.0)
+    return {"iterations": max(1, int((budget - fixed) // per)), "cpu_seconds_per_iteration": per,
+            "cpu_fixed_seconds": fixed}
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------
+
+def score(rep: CNNLayer, x: torch.Tensor, recon: torch.Tensor, target: torch.Tensor, normaliser: float) -> dict:
+    """Per-image scores of reconstructions ``recon`` ``(N, C, H, W)`` of ``x`` (0–255) whose codes
+    should be ``target`` ``(N, ...)``: lists of N floats under ``normalised_error``,
+    ``relative_code_error``, ``ssim``, ``orientation_intersection``."""
+    with torch.no_grad():
+        codes = rep(recon)
+    clamped = recon.clamp(0, 255)
+    return {"normalised_error": normalised_errors(list(codes), list(target), normaliser).tolist(),
+            "relative_code_error": relative_error(codes, target).double().tolist(),
+            "ssim": ssim_luminance(clamped, x).tolist(),
+            "orientation_intersection": orientation_histogram_intersection(clamped, x).tolist()}
+
+
+def _mean(values) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def summary_row(block: str, m: Method, scores: dict, iterations: int, seconds: float, cpu: float, n: int,
+                **extra) -> dict:
+    """One (block, method) row: the means, the per-image values, iterations, wall and CPU seconds."""
+    row = {"block": block, "method": m.label, "settings": dict(m.settings), "iterations": iterations,
+           "seconds_per_inversion": seconds / n, "cpu_seconds_per_inversion": cpu / n,
+           "load_average_1min": round(os.getloadavg()[0], 2)}
+    row.update({f"{k}_mean": _mean(v) for k, v in scores.items()})
+    row["per_image"] = scores
+    row.update(extra)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------
+
+def load_batch(split: str, n: int, size) -> tuple[torch.Tensor, list[str]]:
+    """``(N, 3, H, W)`` on 0–255: ``n`` images spread over the split, resized to ``size`` (no crop)."""
+    paths = spread(eval_images() if split == "eval" else train_images(), n)
+    return torch.stack([resize(load_image(p), tuple(size)) for p in paths]), [p.name for p in paths]
+
+
+def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args, reference: dict | None) -> list[dict]:
+    """Every method on one block; the paper's row first (run, or taken from ``reference``)."""
+    rep = CNNLayer(model, block)
+    with torch.no_grad():
+        target = rep(x)
+    normaliser = pairwise_normaliser(list(target))
+    n, rows = x.shape[0], []
+    if reference is not None:
+        paper = dict(reference, reused=True)
+    else:
+        recon, sec, cpu = timed(rep, x, parse_method("paper"), args.paper_iterations)
+        paper = summary_row(block, parse_method("paper"), score(rep, x, recon, target, normaliser),
+                            args.paper_iterations or 400, sec, cpu, n, relative_depth=rep.relative_depth,
+                            lambda_tv=rep.lambda_tv, normaliser=normaliser)
+    rows.append(paper)
+    bench.progress({k: v for k, v in paper.items() if k not in ("per_image", "settings")})
+    for m in methods:
+        if m.base == "paper":
+            continue
+        try:
+            plan = iterations_for(rep, x, m, paper["cpu_seconds_per_inversion"] * n, args.timing)
+            recon, sec, cpu = timed(rep, x, m, plan["iterations"])
+            its = plan.pop("iterations")
+            row = summary_row(block, m, score(rep, x, recon, target, normaliser), its, sec, cpu, n,
+                              **plan, jitter_pixels=resolve_jitter(rep, m.jitter))
+        except (FloatingPointError, RuntimeError, ValueError) as e:
+            row = {"block": block, "method": m.label, "settings": dict(m.settings),
+                   "error": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        bench.progress({k: v for k, v in row.items() if k not in ("per_image", "settings")})
+    return rows
+
+
+def _reference_rows(path: str | None, images: list[str], blocks: list[str]) -> dict[str, dict]:
+    """The ``paper`` rows of an earlier run by block, checked to be on the same images."""
+    if not path:
+        return {}
+    import json
+    old = json.loads(Path(path).read_text())
+    if old.get("images") != images:
+        raise SystemExit(f"--reference {path} was run on other images: {old.get('images')}")
+    rows = {r["block"]: r for r in old["rows"] if r["method"] == "paper"}
+    missing = [b for b in blocks if b not in rows]
+    if missing:
+        raise SystemExit(f"--reference {path} has no paper row for {', '.join(missing)}")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+def _pct(v) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _num(v, fmt: str = ".3f") -> str:
+    return "—" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The Markdown table, one line per (block, method) row."""
+    lines = ["| block | method | norm. error % | rel. code error % | SSIM (luma) | orient. hist. ∩ "
+             "| iterations | CPU s / inversion |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['block']} | {r['method']} | failed: {r['error'][:80]} | | | | | |")
+            continue
+        lines.append(f"| {r['block']} | {r['method']} | {_pct(r['normalised_error_mean'])} "
+                     f"| {_pct(r['relative_code_error_mean'])} | {_num(r['ssim_mean'])} "
+                     f"| {_num(r['orientation_intersection_mean'])} | {r['iterations']} "
+                     f"| {_num(r['cpu_seconds_per_inversion'], '.1f')} |")
+    return lines
+
+
+def comparison_lines(rows: list[dict], against: str = "lucent") -> list[str]:
+    """Per method, on how many blocks it has a lower normalised error than ``against`` and an
+    SSIM at least as high (and the same against ``paper``)."""
+    by = {(r["block"], r["method"]): r for r in rows if "error" not in r}
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = []
+    for ref in (against, "paper"):
+        if not any((b, ref) in by for b in blocks):
+            continue
+        lines += ["", f"Against `{ref}` (blocks where the method has a lower normalised error / an SSIM "
+                      "at least as high / both):", ""]
+        for m in methods:
+            if m == ref:
+                continue
+            pairs = [(by[(b, m)], by[(b, ref)]) for b in blocks if (b, m) in by and (b, ref) in by]
+            err = sum(a["normalised_error_mean"] < c["normalised_error_mean"] for a, c in pairs)
+            ssim = sum(a["ssim_mean"] >= c["ssim_mean"] for a, c in pairs)
+            both = sum(a["normalised_error_mean"] < c["normalised_error_mean"] and a["ssim_mean"] >= c["ssim_mean"]
+                       for a, c in pairs)
+            lines.append(f"- `{m}`: {err}/{len(pairs)} · {ssim}/{len(pairs)} · {both}/{len(pairs)}")
+    return lines
+
+
+def markdown(out: dict) -> str:
+    """The whole Markdown report of a run (header, table, comparisons)."""
+    s, mach = out["settings"], out["machine"]
+    head = [f"# MobileNet v2 inversions at equal CPU time ({out['benchmark']})", "",
+            f"{len(out['images'])} {s['split']} images × {len(out['blocks'])} blocks "
+            f"({', '.join(out['blocks'])}); the paper's method (400 iterations) sets each block's CPU time; "
+            f"{mach['torch_threads']} torch thread(s) on {mach['cpu']} (load average at the end "
+            f"{mach['load_average_1min']}); {out['total_seconds'] / 60:.1f} min in all.", "",
+            "Normalised error: paper convention (distance / mean pairwise distance of the block's "
+            f"{len(out['images'])} target codes); SSIM and orientation-histogram intersection against the "
+            "original (reconstruction clamped to 0–255); means over the images.", ""]
+    return "\n".join(head + table_lines(out["rows"]) + comparison_lines(out["rows"])) + "\n"
+
+
+def main(argv=None) -> int:
+    """Parse the flags, run every block, emit the JSON and write the Markdown beside ``--out``."""
+    ap = bench.parser(__doc__.splitlines()[0])
+    ap.set_defaults(threads=1)
+    ap.add_argument("--split", choices=("eval", "train"), default="eval")
+    ap.add_argument("--images", type=int, default=10, help="images spread over the split (default 10)")
+    ap.add_argument("--blocks", type=int, default=6, help="MobileNet v2 block_names spread (default 6)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs")
+    ap.add_argument("--reference", help="reuse the paper rows of this earlier JSON (same images and blocks)")
+    ap.add_argument("--paper-iterations", type=int, default=None, help="(tests) the paper's iterations")
+    ap.add_argument("--timing-iterations", default="2,12", help="the two short timed runs (default 2,12)")
+    args = ap.parse_args(argv)
+    args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2")
+    bench.setup(args)
+    args.timing = tuple(int(v) for v in args.timing_iterations.split(","))
+    methods = [parse_method(s) for s in args.methods.split(",") if s.strip()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_model("mobilenet_v2")
+    blocks = spread(model.block_names, args.blocks)
+    x, names = load_batch(args.split, args.images, model.input_size)
+    reference = _reference_rows(args.reference, names, blocks)
+    rows = []
+    with bench.Stopwatch() as sw:
+        for block in blocks:
+            rows += bench_block(model, block, x, methods, args, reference.get(block))
+    out = bench.emit("bench_priors", args, {"images": names, "blocks": blocks, "rows": rows,
+                                            "total_seconds": sw.seconds,
+                                            "settings": {"methods": [m.label for m in methods]}})
+    if args.out:
+        Path(args.out).with_suffix(".md").write_text(markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

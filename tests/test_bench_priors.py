@@ -1,0 +1,97 @@
+"""benchmarks/bench_priors.py: method specs, lucent's transforms on a fixed frame, the equal-time
+iteration count, the report, and a --quick run on the shared data."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bp():
+    """The benchmark module (benchmarks/ on the path for its ``_harness`` import)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("bench_priors")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread (the cores are shared), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_parse_method_defaults_and_options(bp):
+    m = bp.parse_method("fourier")
+    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 1.0, "cnn")
+    m = bp.parse_method("fourier+jitter:lr=0.02:tv=0.1:sched=const")
+    assert (m.label, m.jitter, m.lr, m.tv, m.sched) == ("fourier+jitter:lr=0.02:tv=0.1:sched=const", "auto",
+                                                        0.02, 0.1, "const")
+    lucent = bp.parse_method("lucent")
+    assert lucent.bounded and lucent.tv == 0 and lucent.alpha == 0 and lucent.sched == "const"
+    assert bp.parse_method("lucent+transforms").transforms
+    for bad in ("nope", "fourier:speed=2", "paper:lr=1", "fourier:sched=fast"):
+        with pytest.raises(ValueError):
+            bp.parse_method(bad)
+
+
+def test_lucent_transforms_keep_the_frame(bp):
+    x = torch.randn(2, 3, 40, 48)
+    identity = bp.PadCrop(12, bp.ChoiceAffine((1.0,), (0,)))
+    assert torch.allclose(identity(x), x, atol=1e-4)
+    t = bp.lucent_transforms()
+    a = t(x, torch.Generator().manual_seed(3))
+    b = t(x, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.allclose(a, x)
+    u = torch.randn(1, 3, 32, 32, requires_grad=True)
+    t(u, torch.Generator().manual_seed(0)).sum().backward()
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+
+def test_iterations_fit_the_budget(bp, monkeypatch):
+    """3 iterations in 1.3 CPU s and 10 in 4.1 s: 0.4 s each plus 0.1 s fixed; 10 s fit 24."""
+    times = {1: 0.0, 3: 1.3, 10: 4.1}
+    monkeypatch.setattr(bp, "timed", lambda rep, x, m, k: (None, 99.0, times[k]))
+    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 10.0, (3, 10))
+    assert plan["iterations"] == 24
+    assert plan["cpu_seconds_per_iteration"] == pytest.approx(0.4)
+    assert plan["cpu_fixed_seconds"] == pytest.approx(0.1)
+    assert bp.iterations_for(None, None, bp.parse_method("fourier"), 0.01, (3, 10))["iterations"] == 1
+
+
+def _row(block, method, err, ssim):
+    return {"block": block, "method": method, "normalised_error_mean": err, "relative_code_error_mean": err,
+            "ssim_mean": ssim, "orientation_intersection_mean": 0.9, "iterations": 10,
+            "seconds_per_inversion": 1.0, "cpu_seconds_per_inversion": 1.0}
+
+
+def test_report_counts_wins(bp):
+    rows = [_row("a", "paper", 0.5, 0.2), _row("a", "lucent", 0.3, 0.3), _row("a", "fourier", 0.2, 0.35),
+            _row("b", "paper", 0.5, 0.2), _row("b", "lucent", 0.3, 0.3), _row("b", "fourier", 0.4, 0.35),
+            {"block": "b", "method": "dip", "error": "FloatingPointError: diverged"}]
+    lines = bp.comparison_lines(rows)
+    assert "- `fourier`: 1/2 · 2/2 · 1/2" in lines
+    table = bp.table_lines(rows)
+    assert len(table) == 2 + len(rows) and "failed" in table[-1]
+
+
+def test_quick_run(bp, shared, tmp_path, capsys):
+    out = tmp_path / "priors.json"
+    assert bp.main(["--quick", "--methods", "paper,fourier:lr=0.02,lucent+transforms", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "bench_priors" and len(result["images"]) == 2
+    assert [r["method"] for r in result["rows"]][:3] == ["paper", "fourier:lr=0.02", "lucent+transforms"]
+    assert all("error" not in r and r["iterations"] >= 1 for r in result["rows"])
+    assert out.with_suffix(".md").read_text().count("\n| ") == 2 * 3 + 1
+    capsys.readouterr()
