@@ -22,13 +22,7 @@ def bp():
         sys.path.remove(str(BENCH))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (the cores are shared), restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_parse_method_defaults_and_options(bp):
