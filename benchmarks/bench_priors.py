@@ -10,8 +10,9 @@ block as one batch:
   iterations, the CNN schedule, λ_V by depth): **the time reference**. Its wall time for the
   batch, divided by N, is the seconds per inversion every other method is given on that block.
 * ``fourier``, ``fourier+jitter`` (``jitter="auto"``: a quarter of the layer's stride, IJCV's
-  step schedule), ``dip``: preimage's priors (α-norm + TV^β at the depth's λ, optionally scaled)
-  with the parameterisation's Adam, given as many iterations as fit the paper's time.
+  step schedule), ``dip``: candidates of a new default: preimage's priors (α-norm + TV^β at the
+  depth's λ scaled by :data:`CALIBRATED`'s factors) with Adam (0.05 for Fourier, DIP's 0.01) at a
+  constant rate, given as many iterations as fit the paper's time.
 * ``lucent``: lucent's algorithm re-expressed: Fourier-decorrelated sigmoid-bounded image,
   Adam 5e-2 at a constant rate, the normalised L2 data term alone (λ_V = λ_α = 0), no transforms.
 * ``lucent+transforms``: the same with lucent's transforms at every step (:func:`lucent_transforms`),
@@ -20,12 +21,13 @@ block as one batch:
 **Equal time** is equal CPU time of this process (``time.process_time``; one torch thread by
 default, so CPU seconds are what the run would take alone on one core): the paper's whole run
 sets the budget for the batch; for each other method, after a 1-iteration warm-up, two short
-runs (``--timing-iterations``, default 2 and 12 iterations) give its CPU seconds per iteration
-(the difference) and its fixed cost (setup, final codes), and it gets
-``K = ⌊(budget − fixed) / per_iteration⌋`` iterations (at least 1; :func:`iterations_for`). CPU
-time, not wall time, because the two cores are shared: a wall-time budget read minutes earlier
-under another load gave methods ±50 % more or less time (CPU time still varies by ≈ ±20 % run to
-run there). The table reports the CPU seconds each run really took, the JSON its wall seconds too.
+runs (``--timing-iterations``, default 2 and 12 iterations, the second lengthened to last at least
+``--timing-seconds``, default 4) give its CPU seconds per iteration (the difference) and its
+fixed cost (setup, final codes), and it gets ``K = ⌊(budget − fixed) / per_iteration⌋``
+iterations (at least 1; :func:`iterations_for`). CPU time, not wall time, because the two cores
+are shared: a wall-time budget read minutes earlier under another load gave methods ±50 % more or
+less time (CPU time still varies by ≈ ±20 % run to run there: memory and caches are shared too).
+The table reports the CPU seconds each run really took, the JSON its wall seconds too.
 
 **Method specs** (``--methods``, comma-separated): a base name above, optionally followed by
 ``:key=value`` options: ``lr`` (Adam's rate), ``tv`` (factor on the depth's λ_V), ``alpha``
@@ -78,23 +80,29 @@ from preimage.transforms import Applied, Compose, Jitter, Transform, warp  # noq
 #: The methods run by default (the new default's candidates with their calibrated settings).
 DEFAULT_METHODS = ("paper", "fourier", "fourier+jitter", "dip", "lucent", "lucent+transforms")
 
+#: The new default's settings, calibrated on train/ (``/work/notes/PRIORS_CALIBRATION.md``): Adam at
+#: 0.05 at a constant rate (the CNN schedule's drop to 0.1× after a quarter of the run stalls
+#: Adam), λ_V and λ_α at 1/100 of the depth's values (the paper's λ, made for pixels, cost code error).
+CALIBRATED = dict(lr=0.05, sched="const", tv=0.01, alpha=0.01)
+
 #: Each base method's settings (a spec's options override them).
 BASES = {
     "paper": dict(param="pixel", optimiser="momentum", lr=None, sched="cnn", tv=1.0, alpha=1.0,
                   jitter=None, bounded=False, transforms=False),
-    "fourier": dict(param="fourier", optimiser="adam", lr=0.05, sched="cnn", tv=1.0, alpha=1.0,
-                    jitter=None, bounded=False, transforms=False),
-    "fourier+jitter": dict(param="fourier", optimiser="adam", lr=0.05, sched="cnn", tv=1.0, alpha=1.0,
-                           jitter="auto", bounded=False, transforms=False),
-    "dip": dict(param="dip", optimiser="adam", lr=0.01, sched="cnn", tv=1.0, alpha=1.0,
-                jitter=None, bounded=False, transforms=False),
+    "fourier": dict(param="fourier", optimiser="adam", **CALIBRATED, jitter=None, bounded=False, transforms=False),
+    "fourier+jitter": dict(param="fourier", optimiser="adam", **CALIBRATED, jitter="auto", bounded=False,
+                           transforms=False),
+    "dip": dict(param="dip", optimiser="adam", **{**CALIBRATED, "lr": 0.01}, jitter=None, bounded=False,
+                transforms=False),
     "lucent": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0, alpha=0.0,
                    jitter=None, bounded=True, transforms=False),
     "lucent+transforms": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0,
                               alpha=0.0, jitter=None, bounded=True, transforms=True),
 }
 
-#: lucent's transforms as the brief gives them: pad, jitter, scale, rotation, jitter.
+#: lucent's transforms as issue 14's brief gives them: pad, jitter, scale, rotation, jitter. (The
+#: ``standard_transforms`` of lucent's repository use scales 0.90–1.10 in steps of 0.02 and
+#: rotations −10…10°, 0 five times more likely; these are the milder ones of its 0.1.x examples.)
 LUCENT_PAD = 12
 LUCENT_JITTERS = (8, 4)
 LUCENT_SCALES = (1.0, 0.975, 1.025, 0.95, 1.05)
@@ -262,20 +270,24 @@ def timed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None) -> 
     return recon, sw.seconds, cpu
 
 
-def iterations_for(rep: CNNLayer, x: torch.Tensor, m: Method, budget: float, short: tuple[int, int]) -> dict:
+def iterations_for(rep: CNNLayer, x: torch.Tensor, m: Method, budget: float, short: tuple[int, int],
+                   min_seconds: float = 0.0) -> dict:
     """Iterations of ``m`` that fit ``budget`` CPU seconds for the batch ``x``: after an untimed
-    one-iteration warm-up (first-call costs), two short runs of ``short = (a, b)`` iterations give
-    its CPU seconds per iteration (the difference over b − a) and its fixed cost (setup, final
-    codes); ``K = ⌊(budget − fixed) / per_iteration⌋`` (at least 1). Returns ``{"iterations",
-    "cpu_seconds_per_iteration", "cpu_fixed_seconds"}``."""
-    a, b = short
-    timed(rep, x, m, 1)
+    one-iteration warm-up (first-call costs; its time t₁ also sets b), two short runs of ``a`` and
+    ``b = max(short[1], ⌈min_seconds / t₁⌉)`` iterations give its CPU seconds per iteration (the
+    difference over b − a; at least ``min_seconds`` of it, so that cheap layers are timed as well
+    as dear ones) and its fixed cost (setup, final codes); ``K = ⌊(budget − fixed) / per_iteration⌋``
+    (at least 1). Returns ``{"iterations", "cpu_seconds_per_iteration", "cpu_fixed_seconds",
+    "timing_iterations"}``."""
+    a = short[0]
+    t1 = timed(rep, x, m, 1)[2]
+    b = max(short[1], a + 1, math.ceil(min_seconds / max(t1, 1e-6)))
     ta = timed(rep, x, m, a)[2]
     tb = timed(rep, x, m, b)[2]
     per = max((tb - ta) / (b - a), 1e-6)
     fixed = max(ta - a * per, 0.0)
     return {"iterations": max(1, int((budget - fixed) // per)), "cpu_seconds_per_iteration": per,
-            "cpu_fixed_seconds": fixed}
+            "cpu_fixed_seconds": fixed, "timing_iterations": [a, b]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +354,8 @@ def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
         if m.base == "paper":
             continue
         try:
-            plan = iterations_for(rep, x, m, paper["cpu_seconds_per_inversion"] * n, args.timing)
+            plan = iterations_for(rep, x, m, paper["cpu_seconds_per_inversion"] * n, args.timing,
+                                  args.timing_seconds)
             recon, sec, cpu = timed(rep, x, m, plan["iterations"])
             its = plan.pop("iterations")
             row = summary_row(block, m, score(rep, x, recon, target, normaliser), its, sec, cpu, n,
@@ -446,8 +459,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", help="reuse the paper rows of this earlier JSON (same images and blocks)")
     ap.add_argument("--paper-iterations", type=int, default=None, help="(tests) the paper's iterations")
     ap.add_argument("--timing-iterations", default="2,12", help="the two short timed runs (default 2,12)")
+    ap.add_argument("--timing-seconds", type=float, default=4.0,
+                    help="lengthen the second timed run to at least this many CPU seconds (default 4)")
     args = ap.parse_args(argv)
-    args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2")
+    args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2", timing_seconds=0.0)
     bench.setup(args)
     args.timing = tuple(int(v) for v in args.timing_iterations.split(","))
     methods = [parse_method(s) for s in args.methods.split(",") if s.strip()]

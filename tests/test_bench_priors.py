@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_parse_method_defaults_and_options(bp):
     m = bp.parse_method("fourier")
-    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 1.0, "cnn")
+    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 0.01, "const")
     m = bp.parse_method("fourier+jitter:lr=0.02:tv=0.1:sched=const")
     assert (m.label, m.jitter, m.lr, m.tv, m.sched) == ("fourier+jitter:lr=0.02:tv=0.1:sched=const", "auto",
                                                         0.02, 0.1, "const")
@@ -62,6 +62,10 @@ def test_iterations_fit_the_budget(bp, monkeypatch):
     assert plan["cpu_seconds_per_iteration"] == pytest.approx(0.4)
     assert plan["cpu_fixed_seconds"] == pytest.approx(0.1)
     assert bp.iterations_for(None, None, bp.parse_method("fourier"), 0.01, (3, 10))["iterations"] == 1
+    times[25] = 0.1 + 25 * 0.4  # one iteration takes 0.2 s: 5 s of timing need 25 iterations
+    times[1] = 0.2
+    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 10.0, (3, 10), min_seconds=5.0)
+    assert plan["timing_iterations"] == [3, 25] and plan["iterations"] == 24
 
 
 def _row(block, method, err, ssim):
