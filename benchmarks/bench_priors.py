@@ -19,15 +19,16 @@ block as one batch:
   through :func:`preimage.optim.minimise` with ``transform=``.
 
 **Equal time** is equal CPU time of this process (``time.process_time``; one torch thread by
-default, so CPU seconds are what the run would take alone on one core): the paper's whole run
-sets the budget for the batch; for each other method, after a 1-iteration warm-up, two short
-runs (``--timing-iterations``, default 2 and 12 iterations, the second lengthened to last at least
-``--timing-seconds``, default 4) give its CPU seconds per iteration (the difference) and its
-fixed cost (setup, final codes), and it gets ``K = ⌊(budget − fixed) / per_iteration⌋``
-iterations (at least 1; :func:`iterations_for`). CPU time, not wall time, because the two cores
-are shared: a wall-time budget read minutes earlier under another load gave methods ±50 % more or
-less time (CPU time still varies by ≈ ±20 % run to run there: memory and caches are shared too).
-The table reports the CPU seconds each run really took, the JSON its wall seconds too.
+default, so CPU seconds are what the run would take alone on one core): each method gets the
+iterations that cost as much as the paper's 400 (:func:`iterations_for`). Its cost relative to
+the paper's is timed in ``--timing-rounds`` (default 3) interleaved rounds, each a short run of the
+paper's method and then of the method (``--timing-iterations`` 2 and 12, the second lengthened to
+at least ``--timing-seconds``, default 4): a change of load hits both runs of a round alike, and
+the median over rounds drops a round that a neighbour disturbed. CPU time, not wall time, because
+the two cores are shared: a wall-time budget read minutes earlier under another load gave methods
+±50 % more or less time, and even CPU-time estimates from separate runs varied by up to 1.7× for
+the same computation (memory and caches are shared too). The table reports the CPU seconds each
+run really took, the JSON its wall seconds and the cost ratio too.
 
 **Method specs** (``--methods``, comma-separated): a base name above, optionally followed by
 ``:key=value`` options: ``lr`` (Adam's rate), ``tv`` (factor on the depth's λ_V), ``alpha``
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -131,8 +133,8 @@ def _option(key: str, value: str):
     if key == "bounded":
         return value.strip().lower() in ("1", "true", "yes")
     if key == "sched":
-        if value not in ("cnn", "const"):
-            raise ValueError(f"sched must be cnn or const, not {value!r}")
+        if value not in ("cnn", "const", "anneal"):
+            raise ValueError(f"sched must be cnn, const or anneal, not {value!r}")
         return value
     if key == "jitter":
         return None if value in ("none", "1") else value
@@ -216,10 +218,23 @@ def lambdas(rep: CNNLayer, shape, m: Method) -> tuple[float, float]:
     return d_alpha * m.alpha, d_tv * m.tv
 
 
+#: ``sched=anneal``: the rate constant for half the run, then stepped down to 3 % over the rest.
+ANNEAL = ((0.5, 1.0), (0.125, 0.6), (0.125, 0.3), (0.125, 0.1), (0.125, 0.03))
+
+
+def anneal_stages(iterations: int) -> list[tuple[int, float]]:
+    """:data:`ANNEAL`'s stages for ``iterations`` steps in total (each stage at least one step)."""
+    counts = [max(1, round(f * iterations)) for f, _ in ANNEAL]
+    counts[0] += iterations - sum(counts)
+    return [(max(1, c), r) for c, (_, r) in zip(counts, ANNEAL)]
+
+
 def _schedule(m: Method, iterations: int):
     """``(schedule, iterations)`` arguments of ``invert``/``minimise`` for ``iterations`` steps."""
     if m.sched == "const":
         return [(int(iterations), 1.0)], None
+    if m.sched == "anneal":
+        return anneal_stages(int(iterations)), None
     return "cnn", int(iterations)
 
 
@@ -270,24 +285,44 @@ def timed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None) -> 
     return recon, sw.seconds, cpu
 
 
-def iterations_for(rep: CNNLayer, x: torch.Tensor, m: Method, budget: float, short: tuple[int, int],
-                   min_seconds: float = 0.0) -> dict:
-    """Iterations of ``m`` that fit ``budget`` CPU seconds for the batch ``x``: after an untimed
-    one-iteration warm-up (first-call costs; its time t₁ also sets b), two short runs of ``a`` and
-    ``b = max(short[1], ⌈min_seconds / t₁⌉)`` iterations give its CPU seconds per iteration (the
-    difference over b − a; at least ``min_seconds`` of it, so that cheap layers are timed as well
-    as dear ones) and its fixed cost (setup, final codes); ``K = ⌊(budget − fixed) / per_iteration⌋``
-    (at least 1). Returns ``{"iterations", "cpu_seconds_per_iteration", "cpu_fixed_seconds",
-    "timing_iterations"}``."""
-    a = short[0]
-    t1 = timed(rep, x, m, 1)[2]
-    b = max(short[1], a + 1, math.ceil(min_seconds / max(t1, 1e-6)))
+def _per_iteration(rep: CNNLayer, x: torch.Tensor, m: Method, a: int, b: int) -> tuple[float, float]:
+    """``(CPU s per iteration, fixed CPU s)`` of ``m`` on ``x`` from two runs of ``a`` < ``b`` steps."""
     ta = timed(rep, x, m, a)[2]
     tb = timed(rep, x, m, b)[2]
     per = max((tb - ta) / (b - a), 1e-6)
-    fixed = max(ta - a * per, 0.0)
-    return {"iterations": max(1, int((budget - fixed) // per)), "cpu_seconds_per_iteration": per,
-            "cpu_fixed_seconds": fixed, "timing_iterations": [a, b]}
+    return per, max(ta - a * per, 0.0)
+
+
+def iterations_for(rep: CNNLayer, x: torch.Tensor, m: Method, paper_iterations: int, short: tuple[int, int],
+                   min_seconds: float = 0.0, rounds: int = 3) -> dict:
+    """Iterations of ``m`` that cost the batch ``x`` as much CPU time as ``paper_iterations`` of
+    the paper's method. After untimed one-iteration warm-ups of both (their times t₁ also set
+    ``b = max(short[1], ⌈min_seconds / t₁⌉)``, so that cheap layers are timed as long as dear
+    ones), ``rounds`` rounds each time ``a = short[0]`` and ``b`` iterations of the paper's method
+    and then of ``m``, back to back: a change of load on the shared cores hits both alike. Each
+    round gives both methods' CPU seconds per iteration (the difference over b − a) and fixed
+    costs (setup, final codes); with the medians over rounds of m's cost relative to the paper's,
+    ``K = ⌊(P·p + f_paper − f_m) / (ratio·p)⌋`` (p the paper's per-iteration cost; at least 1).
+    Returns ``{"iterations", "cost_ratio", "cpu_seconds_per_iteration", "cpu_fixed_seconds",
+    "timing_iterations", "timing_rounds"}``."""
+    paper = parse_method("paper")
+    a = short[0]
+    t1 = min(timed(rep, x, paper, 1)[2], timed(rep, x, m, 1)[2])
+    b = max(short[1], a + 1, math.ceil(min_seconds / max(t1, 1e-6)))
+    ratios, pers, fixed_p, fixed_m = [], [], [], []
+    for _ in range(rounds):
+        pp, fp = _per_iteration(rep, x, paper, a, b)
+        pm, fm = _per_iteration(rep, x, m, a, b)
+        ratios.append(pm / pp)
+        pers.append(pm)
+        fixed_p.append(fp / pp)
+        fixed_m.append(fm / pp)
+    ratio = statistics.median(ratios)
+    extra = statistics.median(fixed_p) - statistics.median(fixed_m)  # in paper iterations
+    k = int((paper_iterations + extra) // ratio)
+    return {"iterations": max(1, k), "cost_ratio": ratio, "cpu_seconds_per_iteration": statistics.median(pers),
+            "cpu_fixed_seconds": statistics.median(fixed_m) * statistics.median(pers) / ratio,
+            "timing_iterations": [a, b], "timing_rounds": rounds}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,8 +389,8 @@ def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
         if m.base == "paper":
             continue
         try:
-            plan = iterations_for(rep, x, m, paper["cpu_seconds_per_inversion"] * n, args.timing,
-                                  args.timing_seconds)
+            plan = iterations_for(rep, x, m, args.paper_iterations or 400, args.timing, args.timing_seconds,
+                                  args.timing_rounds)
             recon, sec, cpu = timed(rep, x, m, plan["iterations"])
             its = plan.pop("iterations")
             row = summary_row(block, m, score(rep, x, recon, target, normaliser), its, sec, cpu, n,
@@ -459,10 +494,13 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", help="reuse the paper rows of this earlier JSON (same images and blocks)")
     ap.add_argument("--paper-iterations", type=int, default=None, help="(tests) the paper's iterations")
     ap.add_argument("--timing-iterations", default="2,12", help="the two short timed runs (default 2,12)")
+    ap.add_argument("--timing-rounds", type=int, default=3,
+                    help="interleaved rounds of timing, the paper's runs beside the method's (default 3)")
     ap.add_argument("--timing-seconds", type=float, default=4.0,
                     help="lengthen the second timed run to at least this many CPU seconds (default 4)")
     args = ap.parse_args(argv)
-    args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2", timing_seconds=0.0)
+    args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2", timing_seconds=0.0,
+                       timing_rounds=1)
     bench.setup(args)
     args.timing = tuple(int(v) for v in args.timing_iterations.split(","))
     methods = [parse_method(s) for s in args.methods.split(",") if s.strip()]

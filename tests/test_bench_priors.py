@@ -53,19 +53,28 @@ def test_lucent_transforms_keep_the_frame(bp):
     assert u.grad is not None and torch.isfinite(u.grad).all()
 
 
-def test_iterations_fit_the_budget(bp, monkeypatch):
-    """3 iterations in 1.3 CPU s and 10 in 4.1 s: 0.4 s each plus 0.1 s fixed; 10 s fit 24."""
-    times = {1: 0.0, 3: 1.3, 10: 4.1}
-    monkeypatch.setattr(bp, "timed", lambda rep, x, m, k: (None, 99.0, times[k]))
-    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 10.0, (3, 10))
-    assert plan["iterations"] == 24
+def test_iterations_match_the_papers_cost(bp, monkeypatch):
+    """Interleaved timing: the paper costs 0.2 s per iteration (+0.1 s fixed), the method 0.4 s
+    (+0.5 s fixed): 400 paper iterations (80.1 s) buy ⌊(400 + 0.5 − 2.5) / 2⌋ = 199 of the method's."""
+    cost = {"paper": (0.2, 0.1), "fourier": (0.4, 0.5)}
+    calls = []
+
+    def timed(rep, x, m, k):
+        calls.append((m.base, k))
+        per, fixed = cost[m.base]
+        return None, 99.0, fixed + per * k
+
+    monkeypatch.setattr(bp, "timed", timed)
+    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 400, (3, 10), rounds=3)
+    assert plan["iterations"] == 199 and plan["cost_ratio"] == pytest.approx(2.0)
     assert plan["cpu_seconds_per_iteration"] == pytest.approx(0.4)
-    assert plan["cpu_fixed_seconds"] == pytest.approx(0.1)
-    assert bp.iterations_for(None, None, bp.parse_method("fourier"), 0.01, (3, 10))["iterations"] == 1
-    times[25] = 0.1 + 25 * 0.4  # one iteration takes 0.2 s: 5 s of timing need 25 iterations
-    times[1] = 0.2
-    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 10.0, (3, 10), min_seconds=5.0)
-    assert plan["timing_iterations"] == [3, 25] and plan["iterations"] == 24
+    assert plan["cpu_fixed_seconds"] == pytest.approx(0.5)
+    # warm-ups, then rounds that alternate the paper's runs and the method's
+    assert calls[2:6] == [("paper", 3), ("paper", 10), ("fourier", 3), ("fourier", 10)] and len(calls) == 14
+    assert bp.iterations_for(None, None, bp.parse_method("fourier"), 1, (3, 10))["iterations"] == 1
+    calls.clear()  # the paper's warm-up takes 0.3 s: 6 s of timing need 20 iterations
+    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 400, (3, 10), min_seconds=6.0, rounds=1)
+    assert plan["timing_iterations"] == [3, 20] and ("paper", 20) in calls
 
 
 def _row(block, method, err, ssim):

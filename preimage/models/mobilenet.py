@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..data import require_shared
 from ..errors import UnknownNameError
+from .paths import named_model_files
 from .tflite import TFLiteNet, TFLiteSpec, build_net, parse_tflite
 
 __all__ = ["MOBILENETS", "MOBILENET_NAMES", "load_mobilenet", "mobilenet_files"]
@@ -40,22 +40,30 @@ def _key(name: str) -> str:
     return key
 
 
-def mobilenet_files(name: str) -> list:
-    """The .tflite paths of a named model (raises UnknownNameError / FileNotFoundError)."""
-    return [require_shared("models", f) for f in MOBILENETS[_key(name)][0]]
+def mobilenet_files(name: str, model_dir=None) -> list:
+    """The .tflite paths of a named model, found on the model search path
+    (:func:`preimage.models.paths.search_path`; ``model_dir``: extra folder(s) searched first).
+    Raises UnknownNameError / :class:`~preimage.models.paths.ModelNotFoundError` (where it looked,
+    how to get the file)."""
+    return named_model_files(_key(name), model_dir)
 
 
 @lru_cache(maxsize=None)
-def _spec(key: str) -> TFLiteSpec:
-    return parse_tflite(mobilenet_files(key))
+def _spec_of(paths: tuple) -> TFLiteSpec:
+    return parse_tflite(list(paths))
 
 
-def load_mobilenet(name: str, emulate_quantization: bool = False) -> TFLiteNet:
+def _spec(key: str, model_dir=None) -> TFLiteSpec:
+    return _spec_of(tuple(str(p) for p in mobilenet_files(key, model_dir)))
+
+
+def load_mobilenet(name: str, emulate_quantization: bool = False, model_dir=None) -> TFLiteNet:
     """A fresh float MobileNet by name (see :data:`MOBILENETS`), in eval mode.
 
     Args:
         name: ``mobilenet_v2``, ``mobilenet_v2_tf2``, ``mobilenet_v1`` or ``mobilenet_v1_small``.
         emulate_quantization: fake-quantise activations as the TFLite interpreter does.
+        model_dir: extra folder(s) searched first for the files (see :mod:`preimage.models.paths`).
 
     Returns:
         :class:`TFLiteNet`: ``(B, 3, H, W)`` RGB on 0–255 (``H, W = net.input_size``) →
@@ -63,6 +71,6 @@ def load_mobilenet(name: str, emulate_quantization: bool = False) -> TFLiteNet:
 
     Raises:
         UnknownNameError: unknown name (the message lists the valid ones).
-        FileNotFoundError: the shared data (``PREIMAGE_DATA``) is missing.
+        ModelNotFoundError: a file is on none of the search path's folders.
     """
-    return build_net(_spec(_key(name)), emulate_quantization)
+    return build_net(_spec(_key(name), model_dir), emulate_quantization)
