@@ -6,13 +6,15 @@ On ``--images`` N images (spread over ``--split eval|train``) resized to the net
 block7_project, block10_add, block14_project, conv_last), each method inverts the N codes of a
 block as one batch:
 
-* ``paper``: ``invert(rep, x, param="pixel", method="momentum")`` with its defaults (400
-  iterations, the CNN schedule, λ_V by depth): **the time reference**. Its wall time for the
-  batch, divided by N, is the seconds per inversion every other method is given on that block.
+* ``paper``: ``invert(rep, x, method="paper")``, the paper's method exactly (pixels, momentum, 400
+  iterations, the CNN schedule, λ_V by depth): **the time reference**: every other method is
+  given the iterations that cost as much CPU time on that block.
+* ``default``: ``invert(rep, x)`` with nothing but the iterations: preimage's default for CNN
+  layers (a Fourier image, :class:`~preimage.params.FourierParam`'s declared Adam rate, anneal
+  schedule and prior scale).
 * ``fourier``, ``fourier+jitter`` (``jitter="auto"``: a quarter of the layer's stride, IJCV's
-  step schedule), ``dip``: candidates of a new default: preimage's priors (α-norm + TV^β at the
-  depth's λ scaled by :data:`CALIBRATED`'s factors) with Adam (0.05 for Fourier, DIP's 0.01) at a
-  constant rate, given as many iterations as fit the paper's time.
+  step schedule), ``dip``: the same settings spelt out (:data:`FOURIER`; DIP at its own rate), for
+  calibration specs that change one of them.
 * ``lucent``: lucent's algorithm re-expressed: Fourier-decorrelated sigmoid-bounded image,
   Adam 5e-2 at a constant rate, the normalised L2 data term alone (λ_V = λ_α = 0), no transforms.
 * ``lucent+transforms``: the same with lucent's transforms at every step (:func:`lucent_transforms`),
@@ -27,13 +29,15 @@ at least ``--timing-seconds``, default 4): a change of load hits both runs of a 
 the median over rounds drops a round that a neighbour disturbed. CPU time, not wall time, because
 the two cores are shared: a wall-time budget read minutes earlier under another load gave methods
 ±50 % more or less time, and even CPU-time estimates from separate runs varied by up to 1.7× for
-the same computation (memory and caches are shared too). The table reports the CPU seconds each
-run really took, the JSON its wall seconds and the cost ratio too.
+the same computation (memory and caches are shared too). Methods that do the same work per step
+(:func:`cost_key`: lucent and the default, both Fourier images) are timed once, with the first
+of them listed, and share its iterations. The table reports the CPU seconds each run really took,
+the JSON its wall seconds and the cost ratio too.
 
 **Method specs** (``--methods``, comma-separated): a base name above, optionally followed by
 ``:key=value`` options: ``lr`` (Adam's rate), ``tv`` (factor on the depth's λ_V), ``alpha``
 (factor on λ_α), ``sched`` (``cnn``: the paper's staged schedule rescaled to K iterations; ``const``:
-one rate throughout), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), e.g.
+one rate throughout; ``anneal``: :data:`~preimage.params.base.ANNEAL_SCHEDULE` rescaled), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), e.g.
 ``fourier:lr=0.02``, ``fourier+jitter:lr=0.05:tv=0.1``. The spec string is the method's label.
 
 **Columns** per (block, method), means over the N images: the normalised error in the paper's
@@ -75,27 +79,31 @@ from preimage.metrics import normalised_errors, pairwise_normaliser, relative_er
 from preimage.models import get_model  # noqa: E402
 from preimage.objective import InversionObjective, default_lambdas  # noqa: E402
 from preimage.optim import minimise  # noqa: E402
-from preimage.params import get_parameterisation  # noqa: E402
+from preimage.params import DIPParam, FourierParam, get_parameterisation  # noqa: E402
+from preimage.params.base import ANNEAL_SCHEDULE  # noqa: E402
 from preimage.representations.cnn import CNNLayer  # noqa: E402
 from preimage.transforms import Applied, Compose, Jitter, Transform, warp  # noqa: E402
 
-#: The methods run by default (the new default's candidates with their calibrated settings).
-DEFAULT_METHODS = ("paper", "fourier", "fourier+jitter", "dip", "lucent", "lucent+transforms")
+#: The methods run by default: lucent first, so that the default (the same parameterisation, a
+#: little more work per step: its priors) is given lucent's iterations (see :func:`cost_key`).
+DEFAULT_METHODS = ("paper", "lucent", "default", "fourier+jitter", "dip", "lucent+transforms")
 
-#: The new default's settings, calibrated on train/ (``/work/notes/PRIORS_CALIBRATION.md``): Adam at
-#: 0.05 at a constant rate (the CNN schedule's drop to 0.1× after a quarter of the run stalls
-#: Adam), λ_V and λ_α at 1/100 of the depth's values (the paper's λ, made for pixels, cost code error).
-CALIBRATED = dict(lr=0.05, sched="const", tv=0.01, alpha=0.01)
+#: The Fourier image's declared settings (:class:`preimage.params.FourierParam`, calibrated on
+#: train/): Adam at its rate, the anneal schedule, λ at its prior scale of the depth's values.
+FOURIER = dict(lr=FourierParam.recommended_lr, sched="anneal", tv=FourierParam.prior_scale,
+               alpha=FourierParam.prior_scale)
 
 #: Each base method's settings (a spec's options override them).
 BASES = {
     "paper": dict(param="pixel", optimiser="momentum", lr=None, sched="cnn", tv=1.0, alpha=1.0,
                   jitter=None, bounded=False, transforms=False),
-    "fourier": dict(param="fourier", optimiser="adam", **CALIBRATED, jitter=None, bounded=False, transforms=False),
-    "fourier+jitter": dict(param="fourier", optimiser="adam", **CALIBRATED, jitter="auto", bounded=False,
+    "default": dict(param=CNNLayer.param, optimiser=None, lr=None, sched=None, tv=None, alpha=None,
+                    jitter=None, bounded=False, transforms=False),
+    "fourier": dict(param="fourier", optimiser="adam", **FOURIER, jitter=None, bounded=False, transforms=False),
+    "fourier+jitter": dict(param="fourier", optimiser="adam", **FOURIER, jitter="auto", bounded=False,
                            transforms=False),
-    "dip": dict(param="dip", optimiser="adam", **{**CALIBRATED, "lr": 0.01}, jitter=None, bounded=False,
-                transforms=False),
+    "dip": dict(param="dip", optimiser="adam", **{**FOURIER, "lr": DIPParam.recommended_lr}, jitter=None,
+                bounded=False, transforms=False),
     "lucent": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0, alpha=0.0,
                    jitter=None, bounded=True, transforms=False),
     "lucent+transforms": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0,
@@ -150,8 +158,9 @@ def parse_method(spec: str) -> Method:
     for opt in opts:
         key, _, value = opt.partition("=")
         settings[key] = _option(key, value)
-    if base == "paper" and opts:
-        raise ValueError("the paper's method is the reference: it takes no options")
+    if base in ("paper", "default") and opts:
+        raise ValueError(f"{base} is invert's own setting (paper: method='paper'; default: no settings): "
+                         "it takes no options")
     return Method(spec.strip(), base, settings)
 
 
@@ -218,23 +227,12 @@ def lambdas(rep: CNNLayer, shape, m: Method) -> tuple[float, float]:
     return d_alpha * m.alpha, d_tv * m.tv
 
 
-#: ``sched=anneal``: the rate constant for half the run, then stepped down to 3 % over the rest.
-ANNEAL = ((0.5, 1.0), (0.125, 0.6), (0.125, 0.3), (0.125, 0.1), (0.125, 0.03))
-
-
-def anneal_stages(iterations: int) -> list[tuple[int, float]]:
-    """:data:`ANNEAL`'s stages for ``iterations`` steps in total (each stage at least one step)."""
-    counts = [max(1, round(f * iterations)) for f, _ in ANNEAL]
-    counts[0] += iterations - sum(counts)
-    return [(max(1, c), r) for c, (_, r) in zip(counts, ANNEAL)]
-
-
 def _schedule(m: Method, iterations: int):
     """``(schedule, iterations)`` arguments of ``invert``/``minimise`` for ``iterations`` steps."""
     if m.sched == "const":
         return [(int(iterations), 1.0)], None
     if m.sched == "anneal":
-        return anneal_stages(int(iterations)), None
+        return ANNEAL_SCHEDULE, int(iterations)
     return "cnn", int(iterations)
 
 
@@ -262,8 +260,9 @@ def run_method(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None
     ``m`` in ``iterations`` steps (``None``: the paper's default 400)."""
     if m.transforms:
         return run_transformed(rep, x, m, iterations, seed)
-    if m.base == "paper":
-        res = invert(rep, x, param="pixel", method="momentum", iterations=iterations, progress=False, seed=seed)
+    if m.base in ("paper", "default"):
+        res = invert(rep, x, method="paper" if m.base == "paper" else None, iterations=iterations, progress=False,
+                     seed=seed)
         return res.reconstructions[:, 0, 0]
     lam_alpha, lam_tv = lambdas(rep, tuple(x.shape[1:]), m)
     schedule, its = _schedule(m, iterations)
@@ -283,6 +282,15 @@ def timed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None) -> 
             recon = run_method(rep, x, m, iterations)
         cpu = time.process_time() - cpu0
     return recon, sw.seconds, cpu
+
+
+def cost_key(m: Method) -> tuple:
+    """Methods with the same key do the same work per step up to their priors (α-norm and TV of
+    one image: ≈ 1 ms beside a network pass of 20–200 ms) and a sigmoid: the same
+    parameterisation, with or without transforms. The first of them in ``--methods`` is timed and
+    the others get its iterations, so that timing noise (±20 % between separate estimates) does
+    not decide a comparison of near-identical methods."""
+    return (m.param, bool(m.transforms), m.jitter is not None)
 
 
 def _per_iteration(rep: CNNLayer, x: torch.Tensor, m: Method, a: int, b: int) -> tuple[float, float]:
@@ -385,12 +393,15 @@ def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
                             lambda_tv=rep.lambda_tv, normaliser=normaliser)
     rows.append(paper)
     bench.progress({k: v for k, v in paper.items() if k not in ("per_image", "settings")})
+    plans = {}
     for m in methods:
         if m.base == "paper":
             continue
         try:
-            plan = iterations_for(rep, x, m, args.paper_iterations or 400, args.timing, args.timing_seconds,
-                                  args.timing_rounds)
+            if cost_key(m) not in plans:
+                plans[cost_key(m)] = dict(iterations_for(rep, x, m, args.paper_iterations or 400, args.timing,
+                                                         args.timing_seconds, args.timing_rounds), timed_with=m.label)
+            plan = dict(plans[cost_key(m)])
             recon, sec, cpu = timed(rep, x, m, plan["iterations"])
             its = plan.pop("iterations")
             row = summary_row(block, m, score(rep, x, recon, target, normaliser), its, sec, cpu, n,
@@ -483,6 +494,33 @@ def markdown(out: dict) -> str:
     return "\n".join(head + table_lines(out["rows"]) + comparison_lines(out["rows"])) + "\n"
 
 
+def merge(paths: list[str], out: str | None) -> int:
+    """Combine the JSONs of runs on the same images over disjoint blocks (``--only-blocks``) into
+    one, rows in block order of depth, and write it and its Markdown to ``out``."""
+    import json
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    if any(r["images"] != runs[0]["images"] for r in runs):
+        raise SystemExit("--merge: the runs were made on different images")
+    order = {b: i for i, b in enumerate(get_model_blocks())}
+    blocks = sorted({b for r in runs for b in r["blocks"]}, key=lambda b: order.get(b, len(order)))
+    rows = sorted((row for r in runs for row in r["rows"]), key=lambda row: order.get(row["block"], len(order)))
+    merged = {**runs[0], "blocks": blocks, "rows": rows, "total_seconds": sum(r["total_seconds"] for r in runs),
+              "merged_from": [str(p) for p in paths]}
+    text = json.dumps(merged, indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+        Path(out).with_suffix(".md").write_text(markdown(merged))
+    return 0
+
+
+def get_model_blocks() -> list[str]:
+    """MobileNet v2's ``block_names`` in order of depth."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(get_model("mobilenet_v2").block_names)
+
+
 def main(argv=None) -> int:
     """Parse the flags, run every block, emit the JSON and write the Markdown beside ``--out``."""
     ap = bench.parser(__doc__.splitlines()[0])
@@ -492,6 +530,10 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=6, help="MobileNet v2 block_names spread (default 6)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs")
     ap.add_argument("--reference", help="reuse the paper rows of this earlier JSON (same images and blocks)")
+    ap.add_argument("--only-blocks", help="run only these of the spread blocks (comma-separated): split a run "
+                                          "over processes, then --merge their JSONs")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine runs of the same images over other blocks into --out (JSON + Markdown)")
     ap.add_argument("--paper-iterations", type=int, default=None, help="(tests) the paper's iterations")
     ap.add_argument("--timing-iterations", default="2,12", help="the two short timed runs (default 2,12)")
     ap.add_argument("--timing-rounds", type=int, default=3,
@@ -499,6 +541,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-seconds", type=float, default=4.0,
                     help="lengthen the second timed run to at least this many CPU seconds (default 4)")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     args = bench.quick(args, images=2, blocks=2, paper_iterations=4, timing_iterations="1,2", timing_seconds=0.0,
                        timing_rounds=1)
     bench.setup(args)
@@ -508,6 +552,12 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore")
         model = get_model("mobilenet_v2")
     blocks = spread(model.block_names, args.blocks)
+    if args.only_blocks:
+        only = [b.strip() for b in args.only_blocks.split(",") if b.strip()]
+        unknown = [b for b in only if b not in blocks]
+        if unknown:
+            raise SystemExit(f"--only-blocks: {', '.join(unknown)} not among the spread blocks {', '.join(blocks)}")
+        blocks = [b for b in blocks if b in only]
     x, names = load_batch(args.split, args.images, model.input_size)
     reference = _reference_rows(args.reference, names, blocks)
     rows = []

@@ -39,8 +39,10 @@ from .experiments.base import (Unit, cnn_rep, codes_params, hoggle_params, image
                                shallow_rep)
 from .experiments.store import DB_NAME, UNITS_DIR, ResultStore
 from .experiments.units import load_unit_image, network, representation, run_unit
+from .invert import recipe_prior_scale
 from .io.cache import weights_fingerprint
 from .paper import TABLE1
+from .representations.cnn import CNNLayer
 
 __all__ = ["evaluate_shallow", "evaluate_cnn_layers", "format_table1", "format_cnn_table", "cached_units",
            "remove_cache", "BATCH_IMAGES"]
@@ -217,6 +219,18 @@ def _layer_units(model_name: str, layer: str, lam: float, images: list[str], bat
     return units
 
 
+def _cnn_recipe(options: dict | None) -> tuple[dict, float]:
+    """The invert options of a CNN evaluation and the factor on the depth's λ_V: the paper's
+    method's as they are, with 1; otherwise the options
+    with the parameterisation made explicit (default: CNN layers' declared ``param``) and its
+    ``prior_scale``, as :func:`preimage.invert.invert` applies to its default λ."""
+    options = dict(options or {})
+    if options.get("method") == "paper":
+        return options, 1.0
+    options.setdefault("param", CNNLayer.param)
+    return options, recipe_prior_scale(CNNLayer.param, options)
+
+
 def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
                         paths: Sequence[Path] | None = None, limit: int | None = None,
                         iterations: int | None = None, lr: float | None = None,
@@ -226,7 +240,10 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
 
     Images are RGB, resized to the network's input size without cropping (as the authors' code
     did for CaffeNet). ``layers`` defaults to the model's ``block_names`` (else every listed
-    layer); ``lambda_tv`` defaults to the paper's weight for the layer's relative depth. Errors are
+    layer); ``lambda_tv`` defaults to the paper's weight for the layer's relative depth, times the
+    parameterisation's ``prior_scale``. ``options`` default to preimage's default for CNN layers
+    (a Fourier image, :class:`~preimage.representations.cnn.CNNLayer`'s ``param``);
+    ``{"method": "paper"}`` is the paper's method. Errors are
     normalised per layer over the set's codes, in both conventions. ``limit`` takes that many
     images spread evenly over the set. With ``cache_dir``, finished units are kept there and an
     interrupted evaluation resumes; ``options`` as for :func:`evaluate_shallow`. Returns
@@ -245,12 +262,13 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     size = list(model_input_size(model))
     batches = image_batches(images, max_batch)
     weights = weights_fingerprint(model)
+    options, scale = _cnn_recipe(options)
     rows = {}
     bar = tqdm(total=len(names) * len(images), desc=model_name, disable=not progress, dynamic_ncols=True)
     with _Units(cache_dir) as units:
         for name in names:
             rep = representation(cnn_rep(model_name, name), "squash", size)
-            lam = rep.lambda_tv if lambda_tv is None else lambda_tv
+            lam = rep.lambda_tv * scale if lambda_tv is None else lambda_tv
             unit_rows = units.rows(_layer_units(model_name, name, lam, images, batches, size, iterations=iterations,
                                                 lr=lr, seed=seed, weights=weights, options=options), bar)
             rows[name] = _row(unit_rows, {"layer": name, "lambda_tv": lam, "relative_depth": rep.relative_depth})
@@ -262,7 +280,8 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
 def format_cnn_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_cnn_layers` results, one row per layer."""
     lines = [f"{result['model']} — {result['images']} images, {result['iterations']} iterations, "
-             "λ_V by relative depth (the paper's 0.5 / 5 / 50)" + _options_text(result), "",
+             "λ_V by relative depth (the paper's 0.5 / 5 / 50, times the parameterisation's prior scale)"
+             + _options_text(result), "",
              "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():

@@ -17,9 +17,12 @@ and the data term may see a jittered image each step (``jitter``, :mod:`preimage
 the priors act on the image itself whatever its parameterisation.
 
 Defaults come from the representation's contract
-(:class:`~preimage.representations.base.Representation`): the reference λ_V (``lambda_tv``),
-the ``schedule``, the learning rate ``lr`` (scaled per setting by :func:`default_learning_rates`),
-``mean_pixel`` and the ``name`` written in the settings. A plain ``nn.Module`` gets the
+(:class:`~preimage.representations.base.Representation`): the parameterisation (``param``:
+pixels for HOG and DSIFT, where the paper's method still leads; a Fourier image for CNN layers),
+the reference λ_V (``lambda_tv``), the ``schedule``, the learning rate ``lr`` (scaled per setting
+by :func:`default_learning_rates`), ``mean_pixel`` and the ``name`` written in the settings; then
+from the parameterisation (its optimiser, rate, schedule and ``prior_scale`` on the default λ).
+``method="paper"`` is the paper's method exactly, whatever the representation declares. A plain ``nn.Module`` gets the
 contract's defaults (:func:`~preimage.representations.base.as_representation`).
 """
 
@@ -98,6 +101,31 @@ def default_learning_rates(base_lr: float, lambda_tv: Sequence[float], beta: flo
     return rates
 
 
+def resolve_recipe(rep: Representation, param: str | None, method: str | None,
+                   jitter: int | str | None) -> tuple[str, str | None]:
+    """``(parameterisation, optimiser or None)`` of an inversion: ``method="paper"`` is the
+    paper's own method (``"pixel"``, ``"momentum"``; it refuses another ``param`` or a jitter);
+    otherwise ``param`` (default: the representation's declared ``param``) and ``method`` as given
+    (``None``: the parameterisation's ``recommended_optimiser``, :func:`resolve_method`)."""
+    if method == "paper":
+        if param not in (None, "pixel") or jitter not in (None, 1, "1"):
+            raise ValueError("method='paper' is the paper's own method (pixels, momentum, no jitter): drop "
+                             "param/jitter, or choose an optimiser (momentum, adam, lbfgs)")
+        return "pixel", "momentum"
+    return str(param or rep.param), method
+
+
+def recipe_prior_scale(default_param: str, options: dict | None) -> float:
+    """The factor :func:`invert` puts on the default λ's for ``invert(**options)`` on a
+    representation whose declared ``param`` is ``default_param``: 1 for the paper's method, else
+    the resolved parameterisation's ``prior_scale``. For callers that pass λ_V explicitly (the
+    experiments' depth rule) and want the recipe's weight."""
+    options = options or {}
+    if options.get("method") == "paper":
+        return 1.0
+    return parameterisation_class(options.get("param") or default_param).prior_scale
+
+
 def resolve_method(rep: Representation, param: str, method: str | None, lr: float | None,
                    tvs: Sequence[float], beta: float) -> tuple[str, list[float]]:
     """The optimiser and the K rates of an inversion: ``method`` (default: the
@@ -111,6 +139,15 @@ def resolve_method(rep: Representation, param: str, method: str | None, lr: floa
     if cls.recommended_lr is not None:
         return method, [float(cls.recommended_lr)] * len(tvs)
     return method, default_learning_rates(rep.lr, tvs, beta, method)
+
+
+def resolve_schedule(rep: Representation, param: str, schedule, iterations: int | None):
+    """The stages of an inversion: ``schedule`` as given, else the parameterisation's
+    ``recommended_schedule``, else the representation's (:func:`preimage.optim.make_schedule`,
+    rescaled to ``iterations``)."""
+    if schedule is None:
+        schedule = parameterisation_class(param).recommended_schedule or rep.schedule
+    return make_schedule(schedule, iterations)
 
 
 def resolve_jitter(rep: Representation, jitter: int | str | None) -> int:
@@ -180,11 +217,12 @@ def _target(rep: Representation, images: torch.Tensor | None, target: torch.Tens
 
 
 def lambda_settings(rep: Representation, image_shape: Sequence[int], lambda_tv, lambda_alpha,
-                    alpha: float, beta: float) -> tuple[list[float], list[float]]:
+                    alpha: float, beta: float, scale: float = 1.0) -> tuple[list[float], list[float]]:
     """The K settings ``(λ_V list, λ_α list)``: given values zipped (a single value broadcast),
     ``None`` taking :func:`default_lambdas` for ``image_shape`` with the representation's
-    reference ``lambda_tv``."""
+    reference ``lambda_tv``, times ``scale`` (a parameterisation's ``prior_scale``)."""
     d_alpha, d_tv = default_lambdas(image_shape, alpha, beta, lambda_tv_reference=float(rep.lambda_tv))
+    d_alpha, d_tv = d_alpha * scale, d_tv * scale
     tvs = _as_list(lambda_tv, d_tv)
     alphas = _as_list(lambda_alpha, d_alpha)
     k = max(len(tvs), len(alphas))
@@ -327,7 +365,7 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
            lr: float | None = None, method: str | None = None, mask: torch.Tensor | None = None,
            seed: int = 0, device: str | torch.device | None = None, progress: bool | str = True,
            checkpoint: str | Path | None = None, max_batch: int | None = None,
-           dtype: torch.dtype = torch.float32, param: str = "pixel", param_options: dict | None = None,
+           dtype: torch.dtype = torch.float32, param: str | None = None, param_options: dict | None = None,
            jitter: int | str | None = None) -> Inversion:
     """Reconstruct images from their codes.
 
@@ -340,21 +378,24 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
         lambda_tv, lambda_alpha: a value or a list of K values (zipped: the k-th setting uses
             the k-th of each; a single value is broadcast). ``None``: :func:`default_lambdas`,
             with the representation's ``lambda_tv`` as the reference λ_V (a
-            :class:`~preimage.representations.cnn.CNNLayer`: the paper's weight for its depth).
+            :class:`~preimage.representations.cnn.CNNLayer`: the paper's weight for its depth),
+            times the parameterisation's ``prior_scale`` (1 for pixels; 0.01 for Fourier/DIP).
         alpha, beta: exponents of the priors.
         schedule, iterations, lr, method: see :func:`preimage.optim.minimise`; ``None`` takes the
-            representation's ``schedule`` and the parameterisation's optimiser and rate
-            (:func:`resolve_method`; for pixels the paper's momentum at the representation's
-            ``lr``, scaled per setting by :func:`default_learning_rates` so that strong TV does not
-            make momentum GD diverge).
+            parameterisation's schedule, optimiser and rate (:func:`resolve_schedule`,
+            :func:`resolve_method`; for pixels the representation's ``schedule`` and the paper's
+            momentum at its ``lr``, scaled per setting by :func:`default_learning_rates` so that
+            strong TV does not make momentum GD diverge). ``method="paper"``: exactly the
+            paper's method (pixels, momentum, its schedule and λ; no jitter).
         mask: optional 0/1 mask broadcastable to one code ``(1, ...)``.
         seed: seeds the R initial noises (restart r gets the same noise for every image/setting).
         device: where to run (default: the images'/target's device).
         checkpoint: file prefix to save and resume each chunk's state.
         max_batch: largest number of samples optimised at once (default: all N·R·K).
         param: the image's parameterisation, ``"pixel"`` (the paper's), ``"fourier"`` or ``"dip"``
-            (:func:`preimage.params.get_parameterisation`); ``param_options`` its keyword
-            arguments (e.g. ``{"bounded": True}``).
+            (:func:`preimage.params.get_parameterisation`); ``None``: the representation's
+            declared ``param`` (pixels for HOG/DSIFT, Fourier for CNN layers); ``param_options``
+            its keyword arguments (e.g. ``{"bounded": True}``).
         jitter: the data term sees the image shifted by up to this many pixels, the shift drawn
             each step, for the first :data:`JITTER_UNTIL` of the iterations (IJCV 2016);
             ``"auto"``: a quarter of the code's stride (:func:`resolve_jitter`); None or 1: none.
@@ -367,13 +408,15 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     rep = as_representation(representation).to(dev).eval()
     rep.check_input(torch.zeros((1,) + image_shape, device=dev))
     target = _target(rep, images, target, dev, dtype)
-    tvs, alphas = lambda_settings(rep, image_shape, lambda_tv, lambda_alpha, alpha, beta)
+    param, method = resolve_recipe(rep, param, method, jitter)
+    tvs, alphas = lambda_settings(rep, image_shape, lambda_tv, lambda_alpha, alpha, beta,
+                                  parameterisation_class(param).prior_scale)
     method, rates = resolve_method(rep, param, method, lr, tvs, beta)
     if mask is not None:
         mask = torch.as_tensor(mask).to(dev, dtype)
         mask = mask[None] if mask.dim() == target.dim() - 1 else mask
     p = _Problem(rep, target, image_shape, restarts, tvs, alphas, rates,
-                 make_schedule(schedule if schedule is not None else rep.schedule, iterations),
+                 resolve_schedule(rep, param, schedule, iterations),
                  alpha, beta, method, mask, param, dict(param_options or {}), resolve_jitter(rep, jitter))
     chunk = max_batch or target.shape[0] * restarts * len(tvs)
     t0 = time.perf_counter()

@@ -27,14 +27,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_parse_method_defaults_and_options(bp):
     m = bp.parse_method("fourier")
-    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 0.01, "const")
+    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 0.01, "anneal")
     m = bp.parse_method("fourier+jitter:lr=0.02:tv=0.1:sched=const")
     assert (m.label, m.jitter, m.lr, m.tv, m.sched) == ("fourier+jitter:lr=0.02:tv=0.1:sched=const", "auto",
                                                         0.02, 0.1, "const")
     lucent = bp.parse_method("lucent")
     assert lucent.bounded and lucent.tv == 0 and lucent.alpha == 0 and lucent.sched == "const"
     assert bp.parse_method("lucent+transforms").transforms
-    for bad in ("nope", "fourier:speed=2", "paper:lr=1", "fourier:sched=fast"):
+    assert bp.cost_key(lucent) == bp.cost_key(bp.parse_method("default")) != bp.cost_key(bp.parse_method("dip"))
+    for bad in ("nope", "fourier:speed=2", "paper:lr=1", "default:lr=1", "fourier:sched=fast"):
         with pytest.raises(ValueError):
             bp.parse_method(bad)
 
@@ -95,10 +96,37 @@ def test_report_counts_wins(bp):
 
 def test_quick_run(bp, shared, tmp_path, capsys):
     out = tmp_path / "priors.json"
-    assert bp.main(["--quick", "--methods", "paper,fourier:lr=0.02,lucent+transforms", "--out", str(out)]) == 0
+    assert bp.main(["--quick", "--methods", "paper,lucent,default,lucent+transforms", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["benchmark"] == "bench_priors" and len(result["images"]) == 2
-    assert [r["method"] for r in result["rows"]][:3] == ["paper", "fourier:lr=0.02", "lucent+transforms"]
+    assert [r["method"] for r in result["rows"]][:4] == ["paper", "lucent", "default", "lucent+transforms"]
     assert all("error" not in r and r["iterations"] >= 1 for r in result["rows"])
-    assert out.with_suffix(".md").read_text().count("\n| ") == 2 * 3 + 1
+    rows = {r["method"]: r for r in result["rows"][:4]}  # the default is given lucent's iterations
+    assert rows["default"]["timed_with"] == "lucent" and rows["default"]["iterations"] == rows["lucent"]["iterations"]
+    assert out.with_suffix(".md").read_text().count("\n| ") == 2 * 4 + 1
     capsys.readouterr()
+
+
+def test_merge_runs_over_disjoint_blocks(bp, tmp_path, monkeypatch):
+    """Runs split with --only-blocks merge into one JSON and table, rows in order of depth."""
+    monkeypatch.setattr(bp, "get_model_blocks", lambda: ["conv1", "block4_project", "conv_last"])
+    base = {"benchmark": "bench_priors", "machine": {"torch_threads": 1, "cpu": "x", "load_average_1min": 1.0},
+            "settings": {"split": "eval"}, "images": ["a.jpg", "b.jpg"]}
+    a = dict(base, blocks=["conv_last"], total_seconds=5.0,
+             rows=[_row("conv_last", "paper", 0.2, 0.3), _row("conv_last", "default", 0.1, 0.3)])
+    b = dict(base, blocks=["conv1", "block4_project"], total_seconds=7.0,
+             rows=[_row("conv1", "paper", 0.3, 0.8), _row("block4_project", "paper", 0.2, 0.5)])
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (a, b)):
+        path.write_text(json.dumps(run))
+    out = tmp_path / "all.json"
+    assert bp.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["blocks"] == ["conv1", "block4_project", "conv_last"] and merged["total_seconds"] == 12.0
+    assert [(r["block"], r["method"]) for r in merged["rows"]] == [
+        ("conv1", "paper"), ("block4_project", "paper"), ("conv_last", "paper"), ("conv_last", "default")]
+    assert "| conv_last | default | 10.0 |" in out.with_suffix(".md").read_text()
+    b["images"] = ["c.jpg", "b.jpg"]
+    paths[1].write_text(json.dumps(b))
+    with pytest.raises(SystemExit):
+        bp.main(["--merge", *map(str, paths)])

@@ -113,7 +113,10 @@ def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert result["layer"] == "conv2" and result["settings"]["masked"]
-    assert result["settings"]["lambda_tv"] == [0.5]  # the paper's weight for an early layer
+    # preimage's default for CNN layers: a Fourier image with Adam, the paper's weight for an early
+    # layer (0.5) times the Fourier image's prior scale
+    assert result["settings"]["param"] == "fourier" and result["settings"]["method"] == "adam"
+    assert result["settings"]["lambda_tv"] == [pytest.approx(0.005)]
     assert main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv9", "--out", str(out)]) == 2
 
 
@@ -176,3 +179,15 @@ def test_invert_with_a_fourier_image_and_jitter(tmp_path, image_file):
     assert settings["param"] == "fourier" and settings["method"] == "adam" and settings["jitter"] == 2
     assert main(["invert", str(image_file), "--rep", "hog", "--method", "paper", "--param", "dip",
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_cnn_invert_method_paper_is_the_papers(tmp_path, image_file):
+    """--method paper on a CNN layer: pixels, momentum, the paper's CNN schedule and weight."""
+    out = tmp_path / "paper"
+    with pytest.warns(UserWarning):
+        rc = main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv2", "--iters", "4",
+                   "--method", "paper", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    settings = json.loads((out / "result.json").read_text())["settings"]
+    assert (settings["param"], settings["method"], settings["jitter"]) == ("pixel", "momentum", 1)
+    assert settings["lambda_tv"] == [0.5] and settings["iterations"] == 4

@@ -72,10 +72,14 @@ def test_cnn_layer_table_on_a_synthetic_set(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CaffeNet with random weights warns
         result = evaluate_cnn_layers("caffenet", layers=["conv1", "relu1"], paths=paths, iterations=3,
-                                     progress=False)
+                                     progress=False, options={"method": "paper"})
+        default = evaluate_cnn_layers("caffenet", layers=["conv1"], paths=paths, iterations=3, progress=False)
     assert result["images"] == 2 and list(result["rows"]) == ["conv1", "relu1"]
     row = result["rows"]["conv1"]
     assert row["lambda_tv"] == 0.5  # the paper's weight for the first layers
+    # preimage's default: a Fourier image, the paper's weight times its prior scale
+    assert default["options"] == {"param": "fourier"} and default["rows"]["conv1"]["lambda_tv"] == pytest.approx(0.005)
+    assert default["rows"]["conv1"]["paper"]["per_image"] != row["paper"]["per_image"]
     assert 0 < row["relative_depth"] < 0.1
     assert len(row["paper"]["per_image"]) == 2
     table = format_cnn_table(result)

@@ -13,7 +13,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
     sp = subparsers.add_parser("evaluate", help="Table 1 (shallow) or a per-layer CNN table over the eval set")
     sp.add_argument("--reps", default="hog,hogb,dsift", help="comma-separated: hog, hogb, dsift, hoggle")
-    sp.add_argument("--model", help="evaluate this CNN's layers instead (e.g. mobilenet_v2)")
+    sp.add_argument("--model", help="evaluate this CNN's layers instead (e.g. mobilenet_v2, a .onnx/.tflite file, "
+                                    "package.module:factory)")
+    sp.add_argument("--model-dir", action="append", metavar="DIR", help="folder searched first for model files")
     sp.add_argument("--layers", help="comma-separated layers of --model (default: its blocks)")
     sp.add_argument("--cnn-lambda-tv", type=float, help="one TV weight for every layer (default: by depth)")
     sp.add_argument("--limit", type=int, help="only N eval images, spread evenly over the (class-sorted) set")
@@ -21,8 +23,12 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--lambda-tv", type=float, default=5.0, help="TV weight (default 5, the paper's Table 1)")
     sp.add_argument("--max-side", type=int, default=None, help="downscale eval images (default: native size)")
+    sp.add_argument("--method", choices=["default", "paper"], default="default",
+                    help="default: preimage's (for --model: a Fourier image with Adam, calibrated on train/; "
+                         "for HOG/DSIFT the paper's); paper: exactly the paper's method")
     sp.add_argument("--param", choices=["pixel", "fourier", "dip"], default=None,
-                    help="the image's parameterisation (default: the paper's pixels)")
+                    help="the image's parameterisation (default: the representation's: pixels for HOG/DSIFT, "
+                         "fourier for CNN layers)")
     sp.add_argument("--jitter", help="jitter the image the code sees by up to N pixels ('auto': a quarter of "
                                      "the code's stride)")
     sp.add_argument("--out", help="write the results as JSON here; finished batches are kept in OUT.parts "
@@ -38,8 +44,14 @@ def cmd_evaluate(args) -> int:
     drop the default batch folder ``OUT.parts`` (a ``--resume-dir`` is kept)."""
     from ..evaluate import (cached_units, evaluate_cnn_layers, evaluate_shallow, format_cnn_table, format_table1,
                             remove_cache)
+    from .common import export_model_dirs
+    export_model_dirs(args.model_dir)  # workers resolve --model by name through PREIMAGE_MODELS
     cache_dir = args.resume_dir or (f"{args.out}.parts" if args.out else None)
     options = {k: v for k, v in (("param", args.param), ("jitter", args.jitter)) if v is not None}
+    if args.method == "paper":
+        if options:
+            raise ValueError("--method paper is the paper's own method: drop --param/--jitter")
+        options = {"method": "paper"}
     if cached_units(cache_dir):
         print(f"preimage: resuming from the finished batches in {cache_dir}", file=sys.stderr)
     if args.model:

@@ -34,10 +34,12 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--image-size", help="H,W of the image to reconstruct from --code (default: IMAGE's size)")
     sp.add_argument("--method", choices=["optim", "paper", "hoggle"], default="optim",
                     help="optim: optimisation with --param/--optimizer/--jitter (default); paper: exactly the "
-                         "paper's method (pixels, momentum, no jitter); hoggle: the paired-dictionary baseline")
-    sp.add_argument("--param", choices=sorted(PARAMETERISATIONS), default="pixel",
-                    help="how the image is parameterised: pixel (the paper's, default), fourier "
-                         "(colour-decorrelated Fourier image), dip (Deep Image Prior generator)")
+                         "paper's method (pixels, momentum, its schedule and λ, no jitter); hoggle: the "
+                         "paired-dictionary baseline")
+    sp.add_argument("--param", choices=sorted(PARAMETERISATIONS),
+                    help="how the image is parameterised: pixel (the paper's; default for HOG and DSIFT), "
+                         "fourier (colour-decorrelated Fourier image; default for CNN layers), dip (Deep "
+                         "Image Prior generator)")
     sp.add_argument("--jitter", help="shift the image the code sees by up to N pixels each step "
                                      "(IJCV 2016); 'auto': a quarter of the code's stride")
     sp.add_argument("--lambda-tv", help="TV weight(s), comma-separated for a batched sweep "
@@ -64,8 +66,8 @@ def cmd_invert(args) -> int:
     """Entry point of ``preimage invert``: check the device and output folder, build the target,
     invert it, write the artefacts, remove the finished run's checkpoint."""
     device = resolve_device(args.device)
+    target = build_target(args)  # before --out is created: a bad model or image writes nothing
     out = output_folder(args.out)
-    target = build_target(args)
     if args.method == "hoggle":
         return _invert_hoggle(args, target, out)
     result = _invert_optim(args, target, out, device)
@@ -91,13 +93,13 @@ def _invert_optim(args, target: Target, out: Path, device: torch.device | None):
             code = rep(img[None])
     mask = code_mask(code.shape[1:], args.neighbourhood, args.channels)
     paper = args.method == "paper"
-    if paper and (args.param != "pixel" or args.jitter or args.optimizer not in (None, "momentum")):
+    if paper and (args.param not in (None, "pixel") or args.jitter or args.optimizer not in (None, "momentum")):
         raise PreimageError("--method paper is the paper's own method: pixels, momentum, no jitter; drop "
                             "--param/--jitter/--optimizer or use --method optim")
     return invert(rep, None if args.code else img[None], target=code if args.code else None,
                   image_shape=tuple(img.shape), restarts=args.restarts, lambda_tv=parse_floats(args.lambda_tv),
                   lambda_alpha=parse_floats(args.lambda_alpha), beta=args.beta, iterations=args.iters,
-                  lr=args.lr, method=args.optimizer, mask=mask, seed=args.seed, device=device,
+                  lr=args.lr, method="paper" if paper else args.optimizer, mask=mask, seed=args.seed, device=device,
                   progress=not args.no_progress, checkpoint=out / CHECKPOINT_DIR / "state",
                   param=args.param, jitter=args.jitter)
 

@@ -224,8 +224,11 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
     (:func:`preimage.masks.code_mask`); ``code_picture``: store the target code's picture;
     ``box``: store reconstructions with the receptive field of the window drawn. ``options``: more
     :func:`preimage.invert.invert` keyword arguments (JSON values: ``param``, ``param_options``,
-    ``method``, ``jitter``, ``schedule``, ``lambda_tv``/``lambda_alpha`` overrides …), part of the key.
+    ``method``, ``jitter``, ``schedule``, ``lambda_tv``/``lambda_alpha`` overrides …), part of the key;
+    none (or ``{"method": "paper"}`` alone, stored as none) is the paper's method.
     """
+    if options == {"method": "paper"}:
+        options = None
     if preprocess not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, not {preprocess!r}")
     return {"experiment": experiment, "kind": "invert", "rep": rep, "images": list(images), "mode": mode,

@@ -17,8 +17,10 @@ import json
 
 from ..data import spread
 from ..baselines.lucent import LUCENT
+from ..invert import recipe_prior_scale
 from ..io.artefacts import picture_name
 from ..paper import LAMBDA_TV, LAMBDAS_TV, analogue
+from ..representations.cnn import CNNLayer
 from .base import (Context, Experiment, Plan, cnn_rep, hoggle_params, invert_params, layer_lambda,
                    shallow_preprocess, shallow_rep, shallow_unavailable)
 from .report import Collected, Figure, Section, rep_label, secs
@@ -441,9 +443,10 @@ class FigPriors(FigureExperiment):
     name = "priors"
     title = "Image priors — pixels (the paper's), Fourier, Deep Image Prior and lucent, at four depths"
     text = ("The same image reconstructed from four blocks spread over the depth, with the image parameterised as "
-            "pixels (the paper's method), a colour-decorrelated Fourier image and a Deep Image Prior generator "
-            "(preimage's α-norm and TV priors on each), beside the lucent configuration (sigmoid Fourier image, "
-            "Adam 5e-2, no prior); the same number of iterations each.")
+            "pixels (the paper's method), a colour-decorrelated Fourier image (preimage's default for CNN layers) "
+            "and a Deep Image Prior generator (preimage's α-norm and TV priors on each, at the weight each "
+            "parameterisation declares), beside the lucent configuration (sigmoid Fourier image, Adam 5e-2, no "
+            "prior); the same number of iterations each.")
 
     def plan(self, plan: Plan, ctx: Context) -> None:
         """One unit per (prior, block): the first eval image, λ_V by the depth rule."""
@@ -451,8 +454,10 @@ class FigPriors(FigureExperiment):
         if info is None:
             return
         for options in PRIORS.values():
+            scale = recipe_prior_scale(CNNLayer.param, options)
             for layer in spread(info["usable"], 4):
-                self.cnn_unit(plan, ctx, info, layer, options=options)
+                self.cnn_unit(plan, ctx, info, layer, options=options,
+                              lambdas=[scale * layer_lambda(info["blocks"], layer)])
 
     def tiles(self, c: Collected, rows: list[dict]) -> tuple[list, list[str], int]:
         """A row per prior: the original, then its reconstruction from each block."""

@@ -182,7 +182,8 @@ def _unit_invert(p: dict) -> dict:
         mask = code_mask(code_shape, window, p.get("channels"))
     kwargs = dict(restarts=p["restarts"], lambda_tv=lam_tv, lambda_alpha=lam_alpha, alpha=p["alpha"], beta=p["beta"],
                   iterations=p["iterations"], lr=p.get("lr"), mask=mask, seed=p["seed"], progress=False, device=device)
-    res = invert(rep, images, **{**kwargs, **p.get("options", {})})
+    # a unit without options is the paper's method (as every unit stored before the new defaults)
+    res = invert(rep, images, **{**kwargs, **(p.get("options") or {"method": "paper"})})
     n, r, k = res.relative_errors.shape
     dist = scoring.code_distances(res.codes, res.targets, mask)
     tnorm = scoring.code_distances(res.targets, torch.zeros_like(res.targets), mask)

@@ -1,15 +1,16 @@
 """Parameterisations of the optimised image: what the optimiser updates, and how ``u`` is made
 from it (:class:`~preimage.params.base.Parameterisation` states the contract).
 
-=========  ==========================================================  ==================
-name       ``u`` is                                                    optimiser, lr
-=========  ==========================================================  ==================
-pixel      the parameter itself (the paper's method)                   momentum, default
-fourier    1/f-scaled FFT coefficients, colours mixed as in train/     Adam, 0.05
-dip        the output of a small hourglass network from fixed noise    Adam, 0.01
-=========  ==========================================================  ==================
+=========  ======================================================  ===================================
+name       ``u`` is                                                optimiser, lr, schedule, priors
+=========  ======================================================  ===================================
+pixel      the parameter itself (the paper's method)               momentum, the representation's
+fourier    1/f-scaled FFT coefficients, colours mixed as in train/ Adam 0.05, anneal, λ × 0.01
+dip        the output of a small hourglass network from fixed noise Adam 0.01, anneal, λ × 0.01
+=========  ======================================================  ===================================
 
-The rates are starting points, to be calibrated on ``train/``. Use :func:`get_parameterisation`::
+Fourier's settings were calibrated on ``train/`` (``benchmarks/bench_priors.py``); DIP's rate is
+its authors'. Use :func:`get_parameterisation`::
 
     p = get_parameterisation("fourier", (3, 224, 224), n=4).init(seed=0)
     u = p()                     # (4, 3, 224, 224), σ-units
@@ -32,7 +33,8 @@ PARAMETERISATIONS: dict[str, type[Parameterisation]] = {
 
 def parameterisation_class(name: str) -> type[Parameterisation]:
     """The class of parameterisation ``name`` (``pixel``, ``fourier``, ``dip``): its declared
-    ``recommended_optimiser`` and ``recommended_lr`` without building one. Unknown names raise
+    ``recommended_optimiser``, ``recommended_lr``, ``recommended_schedule`` and ``prior_scale``
+    without building one. Unknown names raise
     :class:`~preimage.errors.UnknownNameError` listing the valid ones."""
     try:
         return PARAMETERISATIONS[str(name).strip().lower()]

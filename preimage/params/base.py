@@ -28,10 +28,13 @@ parameters
     Sample-major: for every parameter ``q``, ``q.view(N, -1)[n]`` holds sample n's values and
     nothing else, so a caller can reset, rescale or back off one sample's parameters (or its
     optimiser state) alone, as :func:`preimage.optim.minimise` does with ``u`` today.
-``recommended_optimiser``, ``recommended_lr``
-    The optimiser (``"momentum"``: :func:`preimage.optim.minimise`'s, or ``"adam"``) and its
-    base rate for this parameterisation; ``None`` as the rate means the representation's own
-    default (the paper's). Declared per class; the values are to be calibrated on ``train/``.
+``recommended_optimiser``, ``recommended_lr``, ``recommended_schedule``, ``prior_scale``
+    What :func:`preimage.invert.invert` uses when not told otherwise: the optimiser
+    (``"momentum"``: :func:`preimage.optim.minimise`'s, or ``"adam"``), its base rate, its
+    schedule (stages ``((iterations, rate factor), …)``, rescaled to the run's iterations), and a
+    factor on the representation's default λ_α and λ_V. ``None`` as the rate or schedule means
+    the representation's own (the paper's). Declared per class, calibrated on ``train/``
+    (``benchmarks/bench_priors.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ import torch
 from torch import nn
 
 from ..objective import natural_sigma
+
+#: preimage's schedule for Adam on a re-parameterised image, 400 iterations (rescaled to a run's
+#: length): the rate constant for half the run, then stepped down to 3 % of it. Calibrated on
+#: train/ (issue 14): at a constant rate Adam hovers about its minimum; the paper's CNN schedule
+#: (0.1× after a quarter of the run) stalls it.
+ANNEAL_SCHEDULE: tuple[tuple[int, float], ...] = ((200, 1.0), (50, 0.6), (50, 0.3), (50, 0.1), (50, 0.03))
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -72,6 +81,8 @@ class Parameterisation(nn.Module):
     name: ClassVar[str] = ""
     recommended_optimiser: ClassVar[str] = "adam"
     recommended_lr: ClassVar[float | None] = None
+    recommended_schedule: ClassVar[tuple[tuple[int, float], ...] | None] = None
+    prior_scale: ClassVar[float] = 1.0
 
     def __init__(self, shape: Sequence[int], n: int):
         super().__init__()

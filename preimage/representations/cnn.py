@@ -175,11 +175,14 @@ class CNNLayer(Representation):
     Attributes: ``layer``, ``output_shape`` (code shape without batch for ``input_size``),
     ``receptive_field`` (or ``None``), ``info`` (:class:`LayerInfo`), ``relative_depth``,
     ``lambda_tv`` (the paper's TV weight for that depth), ``traced`` (False in hook mode).
-    The module moves with ``.to(device)`` and stays in eval mode. Inverted with the paper's CNN
-    schedule (``schedule = "cnn"``, 400 iterations) at ``lr = 1e-2``.
+    The module moves with ``.to(device)`` and stays in eval mode. Inverted by default through a
+    Fourier image (``param = "fourier"``: its Adam, schedule and prior scale, calibrated on train/);
+    ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
+    400 iterations) and momentum at ``lr = 1e-2``.
     """
 
     input_channels = (3,)
+    param = "fourier"
     schedule = "cnn"
     lr = 1e-2  # tuned on the train images (benchmarks/tune_lr.py)
 
