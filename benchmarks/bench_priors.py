@@ -52,8 +52,9 @@ Usage::
         [--methods paper,fourier,...] [--reference earlier.json] [--out FILE.json]
 
 writes the JSON (``_harness``) and a Markdown table beside ``--out`` (``FILE.md``). ``--reference``
-reuses the ``paper`` rows (time budget and scores) of an earlier run on the same images and blocks
-instead of running the paper's method again. Cost: about 6 × the paper's time, i.e. ≈ 13 s of one
+reuses the ``paper`` rows (scores) of an earlier run on the same images and blocks instead of
+running the paper's method again, and its methods' iterations for methods of the same cost class
+(so that a method added later gets the iterations lucent got). Cost: about 6 × the paper's time, i.e. ≈ 13 s of one
 core per image and block at depth ≥ block4 (0.07 s per forward+backward × 400 iterations × the
 methods). ``--quick``: 2 images, 2 blocks, a 4-iteration paper run (checks that it works).
 """
@@ -377,15 +378,17 @@ def load_batch(split: str, n: int, size) -> tuple[torch.Tensor, list[str]]:
     return torch.stack([resize(load_image(p), tuple(size)) for p in paths]), [p.name for p in paths]
 
 
-def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args, reference: dict | None) -> list[dict]:
-    """Every method on one block; the paper's row first (run, or taken from ``reference``)."""
+def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
+                reference: list[dict] | None) -> list[dict]:
+    """Every method on one block; the paper's row first (run, or taken from the ``reference``
+    rows, whose methods' iterations are then reused for the methods of the same cost class)."""
     rep = CNNLayer(model, block)
     with torch.no_grad():
         target = rep(x)
     normaliser = pairwise_normaliser(list(target))
     n, rows = x.shape[0], []
-    if reference is not None:
-        paper = dict(reference, reused=True)
+    if reference:
+        paper = dict(reference[0], reused=True)
     else:
         recon, sec, cpu = timed(rep, x, parse_method("paper"), args.paper_iterations)
         paper = summary_row(block, parse_method("paper"), score(rep, x, recon, target, normaliser),
@@ -393,7 +396,7 @@ def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
                             lambda_tv=rep.lambda_tv, normaliser=normaliser)
     rows.append(paper)
     bench.progress({k: v for k, v in paper.items() if k not in ("per_image", "settings")})
-    plans = {}
+    plans = _reference_plans(reference or [])
     for m in methods:
         if m.base == "paper":
             continue
@@ -414,19 +417,37 @@ def bench_block(model, block: str, x: torch.Tensor, methods: list[Method], args,
     return rows
 
 
-def _reference_rows(path: str | None, images: list[str], blocks: list[str]) -> dict[str, dict]:
-    """The ``paper`` rows of an earlier run by block, checked to be on the same images."""
+def _reference_rows(path: str | None, images: list[str], blocks: list[str]) -> dict[str, list[dict]]:
+    """The rows of an earlier run by block (the ``paper`` row first), checked to be on the same
+    images and to have a paper row for every block."""
     if not path:
         return {}
     import json
     old = json.loads(Path(path).read_text())
     if old.get("images") != images:
         raise SystemExit(f"--reference {path} was run on other images: {old.get('images')}")
-    rows = {r["block"]: r for r in old["rows"] if r["method"] == "paper"}
-    missing = [b for b in blocks if b not in rows]
+    rows = {}
+    for r in old["rows"]:
+        if "error" not in r:
+            rows.setdefault(r["block"], []).append(r)
+    missing = [b for b in blocks if not any(r["method"] == "paper" for r in rows.get(b, []))]
     if missing:
         raise SystemExit(f"--reference {path} has no paper row for {', '.join(missing)}")
-    return rows
+    return {b: sorted(rs, key=lambda r: r["method"] != "paper") for b, rs in rows.items()}
+
+
+def _reference_plans(rows: list[dict]) -> dict[tuple, dict]:
+    """The iterations an earlier run gave each cost class (:func:`cost_key`), from its rows."""
+    plans = {}
+    for r in rows:
+        if r["method"] != "paper":
+            try:
+                key = cost_key(parse_method(r["method"]))
+            except ValueError:  # a spec this version no longer reads: not reused
+                continue
+            plans.setdefault(key, {"iterations": r["iterations"], "timed_with": f"{r['method']} (reference run)",
+                                   **{k: r[k] for k in ("cost_ratio", "cpu_seconds_per_iteration") if k in r}})
+    return plans
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +550,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=10, help="images spread over the split (default 10)")
     ap.add_argument("--blocks", type=int, default=6, help="MobileNet v2 block_names spread (default 6)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method specs")
-    ap.add_argument("--reference", help="reuse the paper rows of this earlier JSON (same images and blocks)")
+    ap.add_argument("--reference", help="reuse the paper rows and the iterations per cost class of this earlier "
+                                        "JSON (same images and blocks)")
     ap.add_argument("--only-blocks", help="run only these of the spread blocks (comma-separated): split a run "
                                           "over processes, then --merge their JSONs")
     ap.add_argument("--merge", nargs="+", metavar="JSON",

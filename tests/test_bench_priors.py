@@ -130,3 +130,11 @@ def test_merge_runs_over_disjoint_blocks(bp, tmp_path, monkeypatch):
     paths[1].write_text(json.dumps(b))
     with pytest.raises(SystemExit):
         bp.main(["--merge", *map(str, paths)])
+
+
+def test_reference_plans_share_iterations_by_cost_class(bp):
+    rows = [_row("conv1", "paper", 0.3, 0.8), dict(_row("conv1", "lucent", 0.02, 0.99), iterations=311),
+            _row("conv1", "fourier:speed=3", 0.1, 0.9)]
+    plans = bp._reference_plans(rows)
+    assert list(plans) == [bp.cost_key(bp.parse_method("default"))]
+    assert plans[bp.cost_key(bp.parse_method("lucent"))]["iterations"] == 311
