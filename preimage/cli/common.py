@@ -87,14 +87,79 @@ def add_target_arguments(parser: argparse.ArgumentParser, image_optional: bool =
     parser.add_argument("image", nargs="?" if image_optional else None,
                         help="image file (default: a sample image bundled with scikit-image)")
     parser.add_argument("--rep", help="shallow representation: hog, hogb, dsift (default hog)")
-    parser.add_argument("--model", help="CNN: caffenet, mobilenet_v2, mobilenet_v2_tf2, mobilenet_v1, "
-                                        "mobilenet_v1_small, torchvision:NAME")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--layer", help="layer of --model to invert (see `preimage layers MODEL`)")
-    parser.add_argument("--weights", help="weights file for caffenet (safetensors or a state dict)")
+    add_model_options(parser)
     parser.add_argument("--colour", "--color", action="store_true",
                         help="invert HOG from the colour image (default: grey, as the paper)")
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help=f"downscale larger images to this longest side (default {DEFAULT_MAX_SIDE})")
+
+
+#: ``--model``'s help: every kind of model it takes.
+MODEL_HELP = ("CNN: caffenet, mobilenet_v2, mobilenet_v2_tf2, mobilenet_v1, mobilenet_v1_small, torchvision:NAME, "
+              "a .onnx or .tflite file (path, or a file name on the model search path), or "
+              "package.module:factory (see `preimage models`)")
+
+
+def add_model_options(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    """Add the options that say where a ``--model`` is found and how it preprocesses images:
+    ``--model-dir``, ``--weights``, ``--preprocess``, ``--channel-order``, ``--scale``, ``--mean``,
+    ``--std``, ``--input-size`` (read by :func:`load_model`)."""
+    from ..models.preprocess import PRESETS
+    g = parser.add_argument_group("model options")
+    g.add_argument("--model-dir", action="append", metavar="DIR",
+                   help="folder searched first for model files (repeatable; also PREIMAGE_MODELS, the shared "
+                        "data's models/, ~/.cache/preimage/models)")
+    if weights:
+        g.add_argument("--weights", help="weights: caffenet's or a package.module:factory network's (safetensors, "
+                                         "or a state dict read with torch.load(weights_only=True))")
+    g.add_argument("--preprocess", choices=sorted(PRESETS),
+                   help="how an imported network (.onnx, float .tflite, factory) wants its input: caffe (BGR, "
+                        "0–255, mean-subtracted), torchvision (RGB 0–1, ImageNet mean/std), tf (RGB to [-1, 1]), "
+                        "raw (RGB 0–255); default: the file's metadata, else torchvision")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], type=str.upper, help="override the channel order")
+    g.add_argument("--scale", help="override the pixel scale: 0-255, 0-1, or a number such as 1/255")
+    g.add_argument("--mean", help="override the mean subtracted after scaling (1 or 3 numbers, model channel order)")
+    g.add_argument("--std", help="override the std divided by after the mean (1 or 3 numbers)")
+    g.add_argument("--input-size", help="H,W the network runs at (needed for ONNX files with a dynamic size)")
+
+
+def model_options(args) -> dict:
+    """Keyword arguments for :func:`preimage.models.get_model` from :func:`add_model_options`'
+    arguments (absent ones are skipped, so any parser works)."""
+    prep = {"preset": getattr(args, "preprocess", None), "order": getattr(args, "channel_order", None),
+            "scale": getattr(args, "scale", None), "mean": getattr(args, "mean", None),
+            "std": getattr(args, "std", None)}
+    return {"weights": getattr(args, "weights", None), "model_dir": getattr(args, "model_dir", None) or None,
+            "preprocess": prep if any(v is not None for v in prep.values()) else None,
+            "input_size": getattr(args, "input_size", None)}
+
+
+def export_model_dirs(dirs) -> None:
+    """Put ``--model-dir`` folders in front of ``PREIMAGE_MODELS``, so worker processes (Dask)
+    started from here find the same files."""
+    import os
+    if dirs:
+        old = os.environ.get("PREIMAGE_MODELS")
+        os.environ["PREIMAGE_MODELS"] = os.pathsep.join([str(d) for d in dirs] + ([old] if old else []))
+
+
+def load_model(args, name: str | None = None) -> torch.nn.Module:
+    """The model of ``--model`` (or ``name``) with the options of :func:`add_model_options`: the one
+    place the CLI resolves models (names, .onnx/.tflite paths, ``package.module:factory``).
+    Raises :class:`PreimageError` (one line) for anything wrong with it."""
+    from ..models import get_model
+    spec = name if name is not None else getattr(args, "model", None)
+    if not spec:
+        raise PreimageError("no model given (--model NAME, PATH.onnx, PATH.tflite or package.module:factory)")
+    opts = model_options(args)
+    export_model_dirs(opts["model_dir"])
+    try:
+        return get_model(spec, **opts)
+    except ImportError as exc:
+        raise PreimageError(f"--model {spec}: a package it needs is missing ({exc}); "
+                            "pip install onnx for .onnx files, tflite for .tflite files") from None
 
 
 def load_input(path: str | None, mode: str, max_side: int | None) -> tuple[torch.Tensor, str]:
@@ -143,15 +208,16 @@ def _parse_size(text: str) -> tuple[int, int]:
 def _cnn_target(args) -> Target:
     """A CNN layer (``--model``/``--layer``) and the RGB image, resized to the network's input."""
     from ..io.images import resize
-    from ..models import get_model
     from ..representations.cnn import CNNLayer
     if not args.layer:
         raise PreimageError("--model needs --layer NAME (see `preimage layers MODEL`)")
-    rep = CNNLayer(get_model(args.model, weights=getattr(args, "weights", None)), args.layer)
+    from ..models import model_settings
+    net = load_model(args)
+    rep = CNNLayer(net, args.layer)
     img, name = load_input(args.image, "rgb", None)
     if rep.input_size:
         img = resize(img, tuple(rep.input_size))
-    return Target(rep, img, name, {"model": args.model, "layer": args.layer})
+    return Target(rep, img, name, {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)})
 
 
 def build_target(args) -> Target:

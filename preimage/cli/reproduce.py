@@ -39,6 +39,8 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=None, metavar="N", help="eval images for the tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration setting (e.g. shallow_iterations=100); repeatable")
+    p.add_argument("--model-dir", action="append", metavar="DIR",
+                   help="folder searched first for model files (e.g. --set figure_model=net.onnx)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--report-only", action="store_true", help="only (re)write the report from the store")
     p.set_defaults(func=cmd_reproduce)
@@ -48,6 +50,8 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_reproduce(args) -> int:
     """Entry point of ``preimage reproduce`` (errors are :class:`~preimage.errors.PreimageError`).
     Returns 0, or 1 when some units failed."""
+    from .common import export_model_dirs
+    export_model_dirs(args.model_dir)  # workers resolve models by name through PREIMAGE_MODELS
     if args.report_only:
         paths = write_report(args.out)
         print(f"report: {paths['html']} and {paths['markdown']}")

@@ -125,17 +125,24 @@ def classify(images, net, topk: int = 5, preprocessed: bool = False,
     results = []
     for i in range(0, x.shape[0], batch_size):
         probs = net(x[i:i + batch_size])
-        if probs.dim() != 2 or probs.shape[1] != len(labels):
-            raise ValueError(f"the network outputs {tuple(probs.shape)}, expected (B, {len(labels)})")
+        probs = probs.flatten(1) if probs.dim() == 4 and probs.shape[2:] == (1, 1) else probs
+        if probs.dim() != 2 or probs.shape[1] not in (len(labels), len(labels) - 1):
+            raise ValueError(f"the network outputs {tuple(probs.shape)}, expected (B, {len(labels)}) or "
+                             f"(B, {len(labels) - 1}) ImageNet scores")
+        shift = 1 if probs.shape[1] == len(labels) - 1 else 0  # 1000 classes: no background label
+        if probs.min() < 0 or not torch.allclose(probs.sum(1), torch.ones(probs.shape[0]), atol=1e-3):
+            probs = torch.softmax(probs, dim=1)  # logits
         p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
         for pr, ix in zip(p.tolist(), idx.tolist()):
-            results.append([(int(j), labels[j], float(q)) for j, q in zip(ix, pr)])
+            results.append([(int(j) + shift, labels[j + shift], float(q)) for j, q in zip(ix, pr)])
     return results
 
 
 def classify_files(paths: Sequence[str | Path], model_name: str = "mobilenet_v2", topk: int = 5,
-                   emulate_quantization: bool = False) -> list[dict]:
-    """Classify image files with a named MobileNet (``preimage classify``).
+                   emulate_quantization: bool = False, net=None) -> list[dict]:
+    """Classify image files with a named MobileNet, or with ``net`` (any model of
+    :func:`preimage.models.get_model` giving 1001 or 1000 ImageNet scores; ``model_name`` then
+    only labels the results) (``preimage classify``).
 
     Returns one dict per file: ``path``, ``model``, ``predictions`` (list of ``{"index", "label",
     "probability"}``, most probable first) and ``true_index`` / ``true_label`` when the file name
@@ -145,7 +152,8 @@ def classify_files(paths: Sequence[str | Path], model_name: str = "mobilenet_v2"
     """
     from .mobilenet import load_mobilenet
 
-    net = load_mobilenet(model_name, emulate_quantization=emulate_quantization)
+    if net is None:
+        net = load_mobilenet(model_name, emulate_quantization=emulate_quantization)
     labels = _labels()
     images = [load_image(p, mode="rgb") for p in paths]
     preds = classify(images, net, topk=topk)

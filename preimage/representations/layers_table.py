@@ -35,7 +35,7 @@ def format_layers(model, input_size=None) -> str:
     ``input_size``: ``(H, W)``, default the model's. Returns the table as one string.
     """
     if isinstance(model, nn.Module):
-        net, title = model, type(model).__name__
+        net, title = model, getattr(model, "model_spec", None) or type(model).__name__
     else:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*random weights.*")

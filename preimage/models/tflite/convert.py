@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..preprocess import PRESETS, Preprocessing
 from . import naming
 from .net import TFLiteNet
 from .ops import (FLOAT_ACTIVATIONS, Emulation, TFConv2d, TFLinear, emulated_add, emulated_mean,
@@ -103,7 +104,7 @@ class _Builder:
     """The graph being built: fx nodes by TFLite tensor, the submodules, and the metadata the
     finished :class:`TFLiteNet` carries (layer names, quantisation parameters, tensor names)."""
 
-    def __init__(self, spec: TFLiteSpec, emulate: bool):
+    def __init__(self, spec: TFLiteSpec, emulate: bool, preprocessing: Preprocessing | None = None):
         self.spec, self.emulate = spec, emulate
         self.names = naming.name_ops(spec.ops)
         self.graph = fx.Graph()
@@ -113,14 +114,30 @@ class _Builder:
         self.layer_names: list[str] = []
         self.value: dict[int, fx.Node] = {}
         tin = spec.input
-        if tin.dtype == np.dtype(np.float32) and tin.per_tensor is None:
-            self.in_scale, self.mean_pixel = 1.0, 0.0
-        else:
-            s, zp = tin.per_tensor
-            self.in_scale = s
-            self.mean_pixel = float(zp + (128 if tin.dtype == np.dtype(np.int8) else 0))
         x = self.graph.placeholder("image")
-        self.value[id(tin)] = self.node(tflite_input, (x, self.in_scale, self.mean_pixel, emulate), "preprocess")
+        self.preprocessing = None
+        if tin.dtype == np.dtype(np.float32) and tin.per_tensor is None:
+            self.preprocessing = prep = preprocessing or PRESETS["tf"]
+            self.in_scale, self.mean_pixel = float(prep.coefficients()[0][0, 0]), prep.mean_pixel
+            self.value[id(tin)] = self._float_input(x, prep)
+            return
+        if preprocessing is not None:
+            raise TFLiteError(f"{spec.sources[0]}: the input is quantised ({tin.dtype}); its preprocessing is "
+                              "fixed by the file's scale and zero point and cannot be changed")
+        s, zp = tin.per_tensor
+        self.in_scale = s
+        self.mean_pixel = (float(zp + (128 if tin.dtype == np.dtype(np.int8) else 0)),) * 3
+        self.value[id(tin)] = self.node(tflite_input, (x, self.in_scale, self.mean_pixel[0], emulate), "preprocess")
+
+    def _float_input(self, x: fx.Node, prep: Preprocessing) -> fx.Node:
+        """A float input: the :class:`Preprocessing` as ``flip``/``mul``/``sub`` nodes."""
+        a, b = prep.coefficients()
+        self.root.register_buffer("preprocess_a", a)
+        self.root.register_buffer("preprocess_b", b)
+        if prep.order == "BGR":
+            x = self.node(torch.flip, (x, (1,)), "preprocess_bgr")
+        x = self.node(torch.mul, (x, self.graph.get_attr("preprocess_a")), "preprocess_scale")
+        return self.node(torch.sub, (x, self.graph.get_attr("preprocess_b")), "preprocess")
 
     def node(self, target, args, name: str, kind: str = "call_function") -> fx.Node:
         """A new graph node called exactly ``name``."""
@@ -174,8 +191,9 @@ class _Builder:
         net = TFLiteNet(self.root, self.graph, class_name="TFLiteNet")
         net.eval()
         net.input_size = (int(spec.input.shape[1]), int(spec.input.shape[2]))
-        net.mean_pixel = (self.mean_pixel,) * 3
+        net.mean_pixel = tuple(self.mean_pixel)
         net.input_scale = float(self.in_scale)
+        net.preprocessing = self.preprocessing
         net.layer_names = self.layer_names
         net.block_names = naming.block_names(self.layer_names)
         net.num_classes = int(spec.output.shape[-1]) if spec.output.shape else 0
@@ -387,15 +405,19 @@ if set(CONVERTERS) != set(SUPPORTED_OPS):  # pragma: no cover - a programming er
 # Entry points
 # --------------------------------------------------------------------------------------------
 
-def build_net(spec: TFLiteSpec, emulate_quantization: bool = False) -> TFLiteNet:
+def build_net(spec: TFLiteSpec, emulate_quantization: bool = False,
+              preprocessing: Preprocessing | None = None) -> TFLiteNet:
     """A fresh :class:`TFLiteNet` from a parsed :class:`TFLiteSpec` (weights copied): a module
     mapping ``(B, 3, H, W)`` RGB on 0–255 to the model output, in eval mode.
+
+    ``preprocessing``: for a float-input model, how pixels become its input (default the ``tf``
+    preset, RGB to [−1, 1]); a quantised input's is fixed by the file (an error when given).
 
     Raises :class:`UnsupportedOpError` for an operator without a converter (naming it and listing
     :data:`CONVERTERS`), or an activation / option the converter does not translate, and
     :class:`TFLiteError` for an inconsistent graph.
     """
-    b = _Builder(spec, bool(emulate_quantization))
+    b = _Builder(spec, bool(emulate_quantization), preprocessing)
     for op in spec.ops:
         convert = CONVERTERS.get(op.kind)
         if convert is None:
@@ -405,7 +427,8 @@ def build_net(spec: TFLiteSpec, emulate_quantization: bool = False) -> TFLiteNet
     return b.module()
 
 
-def import_tflite(path: str | Path | Sequence[str | Path], emulate_quantization: bool = False) -> TFLiteNet:
+def import_tflite(path: str | Path | Sequence[str | Path], emulate_quantization: bool = False,
+                  preprocessing: Preprocessing | None = None) -> TFLiteNet:
     """Import a TensorFlow Lite classifier as a float :class:`TFLiteNet` (a ``torch.fx``
     GraphModule; see :mod:`preimage.models.tflite` for the naming scheme and the supported operators).
 
@@ -414,6 +437,8 @@ def import_tflite(path: str | Path | Sequence[str | Path], emulate_quantization:
             embedding extractor then its head), composed into one graph.
         emulate_quantization: fake-quantise every activation with its TFLite scale / zero point
             (and round the input pixels), to reproduce the integer interpreter's results.
+        preprocessing: a float-input model's :class:`~preimage.models.preprocess.Preprocessing`
+            (default ``tf``: RGB to [−1, 1]); quantised inputs carry their own.
 
     Returns:
         a module mapping ``(B, 3, H, W)`` RGB images on 0–255 to the model output (the MobileNets:
@@ -423,4 +448,4 @@ def import_tflite(path: str | Path | Sequence[str | Path], emulate_quantization:
         TFLiteError: unreadable / malformed / truncated file, or an inconsistent chain.
         UnsupportedOpError: an operator, activation or option that is not translated.
     """
-    return build_net(parse_tflite(path), emulate_quantization)
+    return build_net(parse_tflite(path), emulate_quantization, preprocessing)

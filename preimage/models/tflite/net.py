@@ -19,8 +19,8 @@ from ..graph_module import PicklableGraphModule, truncate_graph_module
 
 __all__ = ["TFLiteNet"]
 
-_META_ATTRS = ("input_size", "mean_pixel", "input_scale", "layer_names", "block_names", "num_classes",
-               "source", "sources", "emulate_quantization", "quant_params", "tensor_names")
+_META_ATTRS = ("input_size", "mean_pixel", "input_scale", "preprocessing", "layer_names", "block_names",
+               "num_classes", "source", "sources", "emulate_quantization", "quant_params", "tensor_names")
 
 
 class TFLiteNet(PicklableGraphModule):
@@ -34,6 +34,8 @@ class TFLiteNet(PicklableGraphModule):
             recomputed; the global pooling of these MobileNets has a fixed window, though).
         mean_pixel: ``(m, m, m)`` on 0–255, the pixel value that maps to real 0 (e.g. 128).
         input_scale: real value of one pixel step (e.g. 1/128).
+        preprocessing: a float-input model's :class:`~preimage.models.preprocess.Preprocessing`
+            (``None`` for a quantised input, whose scale and zero point say it all).
         layer_names: node names of every op output, in execution order (invertible layers).
         block_names: the main block outputs (stem conv, each block, last conv, pooling, logits).
         num_classes: size of the output's last dimension.
