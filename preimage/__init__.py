@@ -22,10 +22,12 @@ from .metrics import normalised_errors, pairwise_normaliser, relative_error  # n
 from .objective import InversionObjective, default_lambdas  # noqa: E402
 from .params import get_parameterisation  # noqa: E402
 from .representations import Representation, get_representation  # noqa: E402
+from .visualize import Visualisation, caricature, visualize  # noqa: E402
 
 __all__ = [
     "PreimageError", "ImageReadError", "InvalidTargetError", "UnknownNameError",
     "load_image", "save_image", "stretch", "Inversion", "invert", "invert_images",
     "normalised_errors", "pairwise_normaliser", "relative_error", "InversionObjective",
     "default_lambdas", "get_representation", "Representation", "get_parameterisation",
+    "visualize", "caricature", "Visualisation",
 ]

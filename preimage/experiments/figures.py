@@ -475,4 +475,116 @@ class FigPriors(FigureExperiment):
         return tiles, caps, 1 + layers
 
 
-FIGURES = (Fig1(), Fig2(), Fig3(), Fig4(), Fig5(), Fig6(), Fig7(), Fig8(), Fig9(), Fig10(), FigPriors())
+class FigVisualize(FigureExperiment):
+    """Activation maximisation and caricatures (IJCV 2016) on the figure model (issue 16)."""
+
+    name = "maximise"
+    title = "Activation maximisation and caricatures — what units respond to, what layers see"
+    text = ("First rows: the first 16 channels (8 in quick runs) of three blocks spread over the depth, each "
+            "maximised (the channel's mean activation, caption: the activation reached), a block's channels as one "
+            "batched optimisation. Next row: class images of the classes of the first eval images (caption: the "
+            "logit reached and the network's top-1). Last rows: caricatures (IJCV's: the inner product with the "
+            "image's rectified, normalised code, 1 at the image, maximised from it; caption: the value reached): "
+            "each eval image followed by its caricatures at the three depths, two images per row. Bounded range "
+            "(160 grey levels, 0–255), jitter by a quarter of the stride; Fourier images for channels and classes, "
+            "pixels for caricatures.")
+    channels = 16
+    classes = 5
+    caricatures = 3
+    #: ``reproduce --quick`` (and ``tiny``): fewer channels, images and iterations, so the figure stays cheap
+    #: (about a minute of one core): ``(channels, classes, caricatures, iterations)``.
+    quick = (8, 2, 2, 30)
+
+    def layers(self, info: dict) -> list[str]:
+        """Three blocks at about a quarter, half and three quarters of the usable depth."""
+        usable = info["usable"]
+        picks = [usable[min(len(usable) - 1, round(f * (len(usable) - 1)))] for f in (0.25, 0.5, 0.75)]
+        return list(dict.fromkeys(picks))
+
+    def plan(self, plan: Plan, ctx: Context) -> None:
+        """A channels unit and a caricature unit per layer; one class unit at the network's input size."""
+        from ..models.classify import synset_class_index
+        from .visualisation import visualize_params
+        info = self.cnn_model(plan, ctx)
+        if info is None:
+            return
+        c, model = plan.config, plan.config.figure_model
+        size = None if info["size"] == min(info["input_size"]) else info["size"]
+        names = ctx.image_names()
+        n_chan, n_class, n_cari, its = (self.channels, self.classes, self.caricatures, None)
+        if c.preset != "full":
+            n_chan, n_class, n_cari, its = self.quick
+            its = min(its, c.cnn_iterations or its)
+        for layer in self.layers(info):
+            plan.add(visualize_params(self.name, model, layer, what="channels", size=size, iterations=its,
+                                      units=range(n_chan), seed=c.seed))
+        for layer in self.layers(info):
+            plan.add(visualize_params(self.name, model, layer, what="caricature", size=size, iterations=its,
+                                      images=names[:n_cari], seed=c.seed))
+        try:
+            classes = list(dict.fromkeys(synset_class_index(n) for n in names))[:n_class]
+        except FileNotFoundError as exc:
+            plan.skipped[f"{self.name}/classes"] = f"class labels unavailable: {exc}"
+            return
+        plan.add(visualize_params(self.name, model, info["blocks"][-1], what="classes", size=None, iterations=its,
+                                  units=[k for k in classes if k is not None], seed=c.seed))
+        if size is not None:
+            plan.note(self.name, f"channels and caricatures at {size}²; class images at the network's input size")
+
+    def render(self, collected: Collected) -> Section:
+        """The figure (:meth:`FigureExperiment.render`) and one line of settings per unit."""
+        s = Section(self.name, self.title, [self.text])
+        rows = collected.finished(self.name)
+        if not rows:
+            s.paragraphs.append("No finished unit for this figure.")
+            return s
+        tiles, caps, cols = self.tiles(collected, rows)
+        fig = Figure(self.name, self.title, _grid_png(tiles, caps, cols))
+        if collected.out is not None:
+            from ..io.cache import atomic_write_bytes
+            atomic_write_bytes(collected.out / "report" / f"{self.name}.png", fig.png)
+        s.blocks.append(fig)
+        lines = []
+        for r in rows:
+            st, p = r["metrics"].get("settings", {}), r["params"]
+            lines.append(f"{p['what']} of {rep_label(p)}: {len(r['metrics'].get('labels', []))} as one batch, "
+                         f"{'×'.join(map(str, st.get('image_shape', [])))}, {st.get('param')} image, "
+                         f"{st.get('iterations')} iterations, jitter {st.get('jitter')}, "
+                         f"{secs(r['timings'].get('seconds'))}")
+        s.paragraphs.append("Units: " + "; ".join(lines) + ".")
+        return s
+
+    def tiles(self, c: Collected, rows: list[dict]) -> tuple[list, list[str], int]:
+        """Channel rows (8 per row), the class row, then per image its original and caricatures."""
+        cols = 8
+        tiles, caps = [], []
+
+        def pad():
+            while len(tiles) % cols:
+                tiles.append(_placeholder(""))
+                caps.append("")
+        for row in (r for r in rows if r["params"]["what"] == "channels"):
+            m = row["metrics"]
+            for i, (label, score) in enumerate(zip(m["labels"], m["scores"])):
+                tiles.append(_png(c, row, picture_name("recon", i)))
+                caps.append(f"{_short(row, 12)} c{label.split()[-1]} {score:.3g}")
+            pad()
+        for row in (r for r in rows if r["params"]["what"] == "classes"):
+            m = row["metrics"]
+            for i, (label, score) in enumerate(zip(m["labels"], m["scores"])):
+                top = (m.get("top1") or [{}] * len(m["labels"]))[i].get("label", "?").split(",")[0]
+                tiles.append(_png(c, row, picture_name("recon", i)))
+                caps.append(f"{label[:12]} {score:.3g} ({top[:10]})")
+            pad()
+        cari = [r for r in rows if r["params"]["what"] == "caricature"]
+        for n in range(max((len(r["params"]["images"]) for r in cari), default=0)):
+            tiles.append(_png(c, cari[0], picture_name("original", n)))
+            caps.append("original")
+            for row in cari:
+                tiles.append(_png(c, row, picture_name("recon", n)))
+                caps.append(f"{_short(row, 12)} ×{row['metrics']['scores'][n]:.2f}")
+        pad()
+        return tiles, caps, cols
+
+
+FIGURES = (Fig1(), Fig2(), Fig3(), Fig4(), Fig5(), Fig6(), Fig7(), Fig8(), Fig9(), Fig10(), FigPriors(), FigVisualize())

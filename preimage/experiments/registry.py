@@ -16,6 +16,7 @@ fig8      central 5×5 neighbourhood of spatial layers, with the receptive-field
 fig9      first vs second half of the channels of conv1 / norm1 / norm2 analogues
 fig10     deep-layer (pool5 analogue) reconstructions of several images
 priors    one image through four depths: pixels (the paper's), Fourier, Deep Image Prior, lucent
+maximise  16 channels of three blocks maximised, class images, caricatures at three depths (IJCV 2016)
 ========  ==================================================================================
 
 A new experiment is one :class:`~.base.Experiment` object (in :mod:`.tables` or

@@ -295,8 +295,15 @@ def _unit_layers(p: dict) -> dict:
             "pngs": {}, "tensors": {}, "timings": {}}
 
 
+def _unit_visualize(p: dict) -> dict:
+    """Activation maximisation or caricatures (:mod:`.visualisation`)."""
+    from .visualisation import run_visualize_unit
+    return run_visualize_unit(p)
+
+
 _KINDS: dict[str, Callable[[dict], dict]] = {
     "invert": _unit_invert, "codes": _unit_codes, "hoggle": _unit_hoggle, "layers": _unit_layers,
+    "visualize": _unit_visualize,
 }
 
 
