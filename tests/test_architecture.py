@@ -26,14 +26,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("preimage.errors", "preimage.paper", "preimage.version"),
     ("preimage.data", "preimage.io"),
     ("preimage.objective", "preimage.masks", "preimage.metrics", "preimage.image_metrics", "preimage.params",
-     "preimage.transforms"),
+     "preimage.transforms", "preimage.objectives"),
     ("preimage.optim",),
     ("preimage.models",),
     ("preimage.representations",),
-    ("preimage.invert",),
+    ("preimage.invert", "preimage.visualize"),
     ("preimage.baselines",),
     ("preimage.experiments", "preimage.evaluate"),
-    ("preimage.cli",),
+    ("preimage.cli", "preimage.serve"),
 ]
 LAYER_NAMES = ["errors/paper", "data/io", "objective/masks/metrics", "optim", "models", "representations",
                "invert", "baselines", "experiments/evaluate", "cli"]
