@@ -57,7 +57,7 @@ def test_plan_is_stable_unique_and_complete(shared):
     exps = {u.experiment for u in p1.units} | {k.split("/")[0] for k in p1.skipped}
     assert exps == set(EXPERIMENTS)                          # every experiment planned or explained
     for u in p1.units:
-        assert u.params["v"] >= 1 and u.kind in ("invert", "codes", "hoggle", "layers")
+        assert u.params["v"] >= 1 and u.kind in ("invert", "codes", "hoggle", "layers", "visualize")
         if u.kind == "invert":
             # one unit = one batched invert call: images × λ set × restarts
             assert u.params["images"] and u.params["lambda_tv"] and u.params["restarts"] >= 1
@@ -223,3 +223,113 @@ def test_the_scorer_is_the_library_metrics():
         errs = normalised_errors(list(codes[:, 1, 2]), list(targets), convention=conv)
         assert scored[conv]["per_image"] == errs.tolist()
         assert scored[conv]["mean"] == summarise(errs)["mean"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets, progress, partial reports, devices
+# ----------------------------------------------------------------------------------------------
+
+def test_standard_preset_plans_the_papers_method_on_stated_samples(shared):
+    cfg = config_from("standard")
+    assert cfg.preset == "standard" and cfg.layer_images >= 20 and cfg.n_images == 100
+    plan = build_plan(cfg)
+    assert plan.skipped == {}, plan.skipped
+    by = plan.by_experiment()
+    assert set(by) >= {"table1", "table2", "table3", *(f"fig{i}" for i in range(1, 11))}
+    from preimage.data import eval_images
+    every = [p.name for p in eval_images()]
+    inv1 = [u for u in by["table1"] if u.kind == "invert"]
+    assert len(every) == 100 and {n for u in inv1 for n in u.params["images"]} == set(every)
+    inv3 = [u for u in by["table3"] if u.kind == "invert"]
+    names3 = [n for u in inv3 if u.params["rep"]["layer"] == inv3[0].params["rep"]["layer"] for n in u.params["images"]]
+    assert names3 == spread(every, cfg.layer_images)                       # evenly spread over the set
+    assert all(u.params["lambda_tv"] == [0.5, 5.0, 50.0] for u in inv3)
+    # the paper's method: no options, the library's schedules (iterations None)
+    for u in inv1 + inv3:
+        assert "options" not in u.params and u.params["iterations"] is None
+    # quick stays what it was, --quick its alias
+    assert config_from("quick") == PRESETS["quick"] and PRESETS["quick"].layer_images is None
+
+
+def test_preset_flags(tmp_path):
+    parser = argparse.ArgumentParser(prog="preimage")
+    add_reproduce_parser(parser.add_subparsers(dest="command"))
+    for flag in ("quick", "standard", "full"):
+        assert parser.parse_args(["reproduce", "--preset", flag, "--out", "x"]).preset == flag
+    args = parser.parse_args(["reproduce", "--quick", "--preset", "quick", "--device", "cpu", "--out", "x"])
+    assert args.quick and args.device == "cpu"
+    bad = parser.parse_args(["reproduce", "--preset", "standard", "--device", "tpu", "--out", str(tmp_path)])
+    with pytest.raises(PreimageError, match="unknown device"):
+        cmd_reproduce(bad)
+
+
+def test_progress_line_counts_and_eta():
+    from preimage.experiments.runner import Progress, format_seconds
+    a = {"experiment": "table1", "kind": "invert", "rep": {"name": "hog"}, "images": ["x", "y"]}
+    b = {"experiment": "table3", "kind": "invert", "rep": {"layer": "block5_add"}, "images": ["x", "y"]}
+    todo = [a] * 4 + [b] * 2
+    workers = [2]
+    p = Progress(total=10, already=4, todo=todo, workers=lambda: workers[0])
+    assert p.eta() is None and p.line() == "4/10 units done, 0 failed, ETA ?"
+    p.update(a, 10.0, True)
+    assert p.eta() == pytest.approx(5 * 10.0 / 2)            # no b finished yet: the overall mean
+    p.update(b, 100.0, True)
+    p.update(a, None, False)
+    assert p.eta() == pytest.approx((2 * 10.0 + 1 * 100.0) / 2)  # per kind/layer means
+    workers[0] = 1                                            # a worker lost: the ETA follows
+    assert p.eta() == pytest.approx(120.0)
+    assert p.line() == "6/10 units done, 1 failed, ETA 2 min"
+    assert format_seconds(30) == "30 s" and format_seconds(3 * 3600 + 300) == "3 h 05 min"
+
+
+def test_partial_report_states_what_is_missing(shared, tmp_path):
+    from preimage.experiments.report import write_report
+    from preimage.experiments.runner import _prepare, _record
+    from preimage.experiments.store import ResultStore
+    cfg = config_from("tiny", ["shallow_iterations=3", "shallow_reps=hog", "hoggle=none"])
+    with ResultStore(tmp_path) as st:
+        plan, todo = _prepare(st, cfg, "fig4,table1", lambda s: None)
+        for u in todo:
+            if u.experiment == "fig4":
+                _record(st, u, run_unit(u.params, 1))
+        write_report(tmp_path, store=st)
+    md = (tmp_path / "report.md").read_text()
+    n1 = len(plan.by_experiment()["table1"])
+    assert f"Partial run — unfinished: table1 (0/{n1} units)" in md
+    assert f"Incomplete: 0 of {n1} units finished (0 failed, {n1} not computed yet)" in md
+    assert "preset “tiny”; sample: 0 of 2 eval images finished" in md      # table 1's caption
+    assert "preset “tiny”; sample: 1 eval image]" in md                    # the finished figure
+
+
+def test_cuda_device_needs_a_gpu_here():
+    import torch
+    from preimage.experiments.runner import check_device
+    assert check_device("auto", local=True) is None and check_device("cpu", local=True) == "cpu"
+    assert check_device("cuda", local=False) == "cuda"          # a remote cluster's workers may have one
+    if not torch.cuda.is_available():
+        with pytest.raises(PreimageError, match="no CUDA device"):
+            check_device("cuda", local=True)
+
+
+def test_units_run_on_cuda(shared, tmp_path):
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")
+    from preimage.experiments.runner import run
+    from preimage.experiments.store import ResultStore
+    cfg = config_from("tiny", ["shallow_iterations=3"])
+    s = run(cfg, tmp_path, only="fig4,fig7", scheduler="inline", device="cuda", log=lambda s: None)
+    assert s["failed"] == 0 and s["computed"] == s["planned"] > 0
+    with ResultStore(tmp_path, readonly=True) as st:
+        devices = {r["metrics"].get("device") for r in st.rows() if r["kind"] == "invert"}
+    assert devices == {"cuda"}
+
+
+def test_hoggle_units_do_not_all_train_the_dictionary_at_once():
+    from preimage.experiments.base import Unit
+    from preimage.experiments.runner import submission_order
+    inv = [Unit({"experiment": "table1", "kind": "invert", "i": i}) for i in range(3)]
+    hog = [Unit({"experiment": "table1", "kind": "hoggle", "i": i}) for i in range(3)]
+    order = submission_order([inv[0], hog[0], inv[1], hog[1], inv[2], hog[2]])
+    assert [u.key for u in order] == [u.key for u in [hog[0], *inv, hog[1], hog[2]]]
+    assert submission_order(inv) == inv

@@ -52,15 +52,33 @@ PREPROCESS = ("native", "squash", "crop")
 
 @dataclass(frozen=True)
 class Config:
-    """What a reproduction runs. Presets: :data:`PRESETS` (``full``, ``quick``, ``tiny``).
+    """What a reproduction runs. Presets: :data:`PRESETS` (``full``, ``standard``, ``quick``, ``tiny``).
 
     Sizes: ``None`` keeps the native size (shallow) or the model's input size (CNN); an integer
     S resizes the shorter side to S and crops the centre S×S. Iterations ``None``: the library's
     schedules (800 shallow, 400 CNN).
+
+    The ``standard`` preset's cost, estimated from measured CPU seconds (one torch thread, this
+    machine, 2026-12-02, background load 5–8): one iteration of one image costs HOG 5.2 ms, HOGb
+    5.3 ms, DSIFT 4.5 ms at 128×128 (30 / 45 / 70 ms at the eval images' native 375×500), and for
+    MobileNet-v2 at 224×224 (forward + backward to the block) 69 ms on average over its 21 blocks
+    (conv1 11, block5_add 65, block10_add 75, block16_add 92, avgpool 106 ms); whole units of 4
+    images × 3 λ for 16 iterations agreed within 5 % (block5_add 45, block16_add 104 ms). Units of
+    the paper's method (800 shallow, 400 CNN iterations): Table 1 on 100 images at 128×128
+    ≈ 1,600 core-s (at native size ≈ 11,600: that alone would fill the 2 h); the layer table,
+    4 spread blocks (conv1, block5_add, block10_add, block16_add) × 3 λ × 20 images ≈ 5,900; the
+    figures at 224×224 ≈ 2,100 (fig5 on the 4 blocks; maximise at its quick settings); the HOGgle
+    dictionary, trained once per machine (≈ 10 min on two cores by its docstring: ≈ 1,200, none
+    when cached; the runner submits one HOGgle unit first and the rest last, so one worker trains
+    it). Total ≈ 10,800 core-s:
+    ≈ 1.5 h on 2 worker processes (the default on 2 cores), a 25 % margin under 2 h. One more
+    layer-table block costs ≈ 1,300–2,200 core-s, one more image ≈ 300. The full preset by the same
+    measurements: ≈ 317,000 core-s (88 core-hours).
     """
 
     preset: str = "full"
     n_images: int = 100                 # eval images for the tables (the first n, sorted)
+    layer_images: int | None = None     # eval images of the layer table (Table 3), spread; None: n_images
     fig_images: int = 5                 # images for fig10 (the others use the first one or two)
     shallow_size: int | None = None
     cnn_size: int | None = None
@@ -88,13 +106,17 @@ PRESETS: dict[str, Config] = {
                     shallow_iterations=300, cnn_iterations=80, batch_images=3, hoggle="tiny",
                     table3_models=("mobilenet_v2",), max_layers=4, fig1_restarts=3, fig6_restarts=2,
                     fig8_layers=3),
+    # standard: this 2-core machine in < 2 h (the estimate and its basis: the Config docstring).
+    "standard": Config(preset="standard", shallow_size=128, layer_images=20, table3_models=("mobilenet_v2",),
+                       max_layers=4),
     "tiny": Config(preset="tiny", n_images=2, fig_images=2, shallow_size=32, cnn_size=64,
                    shallow_iterations=4, cnn_iterations=3, batch_images=2, hoggle="none",
                    table3_models=("mobilenet_v2",), max_layers=2, fig1_restarts=2, fig6_restarts=2,
                    fig8_layers=2),
 }
 
-_OPTIONAL_INTS = ("shallow_size", "cnn_size", "shallow_iterations", "cnn_iterations", "max_layers")
+_OPTIONAL_INTS = ("shallow_size", "cnn_size", "shallow_iterations", "cnn_iterations", "max_layers",
+                  "layer_images")
 
 
 def _coerce(name: str, text: str, current: Any) -> Any:
@@ -397,11 +419,11 @@ class Experiment:
         """The report section of this experiment from the finished units in ``collected``."""
         raise NotImplementedError
 
-    def table_images(self, plan: Plan, ctx: Context) -> list[str] | None:
-        """The config's ``n_images`` eval images spread over the set, or None (the reason in
-        ``plan.skipped``) when there are fewer than two: a table's error is normalised by the
-        pairwise distances of its codes."""
-        names = spread(ctx.image_names(), plan.config.n_images)
+    def table_images(self, plan: Plan, ctx: Context, n: int | None = None) -> list[str] | None:
+        """``n`` (default the config's ``n_images``) eval images spread over the set, or None (the
+        reason in ``plan.skipped``) when there are fewer than two: a table's error is normalised by
+        the pairwise distances of its codes."""
+        names = spread(ctx.image_names(), plan.config.n_images if n is None else n)
         if len(names) < 2:
             plan.skipped[self.name] = "needs at least two eval images (the error is normalised by pairwise distances)"
             return None

@@ -28,7 +28,7 @@ from typing import Any
 from .store import ResultStore
 
 __all__ = ["write_report", "collect", "Collected", "Section", "Table", "Figure", "PAPER_LABEL", "pct", "secs",
-           "rep_label"]
+           "rep_label", "sample", "sample_label"]
 
 PAPER_LABEL = "paper (Mahendran & Vedaldi 2015)"
 
@@ -155,10 +155,10 @@ def _section_timings(c: Collected) -> Section:
         failed = sum(r["status"] == "failed" for r in rows)
         pending = sum(r["status"] in ("pending", "submitted") for r in rows) + c.missing.get(exp, 0)
         body.append([exp, str(len(rows) + c.missing.get(exp, 0)), str(len(done)), str(failed), str(pending),
-                     secs(comp), secs(span)])
-    s.blocks.append(Table("Per part: units and time (compute = sum of the units' worker time; span = first "
-                          "submission to last result, over all runs)",
-                          ["part", "units", "finished", "failed", "pending", "compute", "span"], body))
+                     secs(comp), secs(comp / len(done)) if done else "—", secs(span)])
+    s.blocks.append(Table(f"Per part: units and time, preset “{c.config.get('preset', '?')}” (compute = sum of the "
+                          "units' worker time; span = first submission to last result, over all runs)",
+                          ["part", "units", "finished", "failed", "pending", "compute", "per unit", "span"], body))
     runs = []
     for r in c.runs:
         info = r["info"]
@@ -167,10 +167,11 @@ def _section_timings(c: Collected) -> Section:
                      r["status"], secs(dur), str(info.get("planned", "")), str(info.get("already_finished", "")),
                      str(info.get("computed", "")), str(info.get("failed", "")),
                      str((info.get("cluster") or {}).get("scheduler") or info.get("scheduler", "")),
-                     str((info.get("cluster") or {}).get("workers", info.get("workers", "")))])
+                     str((info.get("cluster") or {}).get("workers", info.get("workers", ""))),
+                     str(info.get("preset") or (info.get("config") or {}).get("preset", "")), str(info.get("device", ""))])
     s.blocks.append(Table("Runs of this store (a killed run shows as 'running' without an end)",
                           ["run", "started", "status", "wall time", "planned", "reused", "computed", "failed",
-                           "scheduler", "workers"], runs))
+                           "scheduler", "workers", "preset", "device"], runs))
     s.paragraphs.append(f"Total compute over finished units: {secs(total_compute)}.")
     return s
 
@@ -278,6 +279,53 @@ def _render(sections: list[Section], head: list[str]) -> tuple[str, str]:
     return "\n".join(h), "\n".join(md)
 
 
+def sample(c: Collected, exp: str) -> dict:
+    """The sample of experiment ``exp``: ``{"planned": images its units name, "finished": images of
+    its finished units, "units", "done", "failed", "pending"}`` (pending includes planned units
+    without a row)."""
+    rows = c.units.get(exp, [])
+    planned, finished = set(), set()
+    for r in rows:
+        names = r["params"].get("images") or []
+        planned.update(names)
+        if r["status"] == "finished" and r["kind"] != "codes":
+            finished.update(names)
+    done = sum(r["status"] == "finished" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
+    units = len(rows) + c.missing.get(exp, 0)
+    return {"planned": len(planned), "finished": len(finished), "units": units, "done": done, "failed": failed,
+            "pending": units - done - failed}
+
+
+def sample_label(c: Collected, exp: str) -> str:
+    """``preset “standard”; sample: 20 eval images`` (``12 of 20 … finished`` while incomplete)."""
+    n = sample(c, exp)
+    preset = c.config.get("preset", "?")
+    if not n["planned"]:
+        return f"preset “{preset}”; no images (network structure)" if n["units"] else f"preset “{preset}”"
+    if n["finished"] < n["planned"]:
+        return f"preset “{preset}”; sample: {n['finished']} of {n['planned']} eval images finished"
+    return f"preset “{preset}”; sample: {n['planned']} eval image{'s' if n['planned'] != 1 else ''}"
+
+
+def _label_blocks(section: Section, label: str) -> None:
+    """Append the preset and sample size to the caption of every table and figure of ours (the
+    paper's own tables are left as they are)."""
+    for b in section.blocks:
+        if isinstance(b, (Table, Figure)) and not b.caption.startswith(PAPER_LABEL):
+            b.caption = f"{b.caption} [{label}]"
+
+
+def _completeness(c: Collected, exp: str) -> str | None:
+    """A paragraph stating what is missing of an unfinished experiment (None when complete)."""
+    n = sample(c, exp)
+    if n["units"] and n["done"] == n["units"]:
+        return None
+    return (f"Incomplete: {n['done']} of {n['units']} units finished ({n['failed']} failed, {n['pending']} not "
+            "computed yet); the numbers and pictures above cover the finished units only. Re-running the same "
+            "command computes the rest.")
+
+
 def _experiment_sections(c: Collected) -> list[Section]:
     """The section of every planned experiment (:data:`.registry.REGISTRY`), with its skip reasons
     and notes appended."""
@@ -285,6 +333,10 @@ def _experiment_sections(c: Collected) -> list[Section]:
     sections = []
     for exp in c.plan.get("experiments", []):
         section = REGISTRY[exp].render(c)
+        _label_blocks(section, sample_label(c, exp))
+        missing = _completeness(c, exp)
+        if missing:
+            section.paragraphs.insert(1 if section.paragraphs else 0, missing)
         for part, reason in c.plan.get("skipped", {}).items():
             if part == exp or part.startswith(exp + "/"):
                 section.paragraphs.append(f"Left out — {part}: {reason}")
@@ -292,6 +344,33 @@ def _experiment_sections(c: Collected) -> list[Section]:
             section.paragraphs.append(f"Note: {note}")
         sections.append(section)
     return sections
+
+
+def _preset_lines(c: Collected) -> list[str]:
+    """What the preset changes from the paper's protocol, and which experiments are unfinished."""
+    from .base import PRESETS
+    preset = c.config.get("preset", "?")
+    full = PRESETS["full"].to_dict()
+    diff = [f"{k}={json.dumps(v)}" for k, v in c.config.items() if k in full and k != "preset" and v != full[k]]
+    out = []
+    if preset == "standard":
+        out.append("Preset “standard”: the paper's method (its schedules, λ and β) on fewer or smaller inputs so "
+                   "that it runs in under 2 hours on a 2-core CPU — differs from the full protocol in: "
+                   + ", ".join(diff) + ". Each table states its sample.")
+    elif preset != "full":
+        out.append("This is not the full run: few images, fewer iterations and a subset of layers — the numbers "
+                   "show the pipeline works, they are not a reproduction of the paper's values. Differs from the "
+                   "full protocol in: " + ", ".join(diff) + ".")
+    elif diff:
+        out.append("Full protocol with changed settings: " + ", ".join(diff) + ".")
+    unfinished = []
+    for exp in c.plan.get("experiments", []):
+        n = sample(c, exp)
+        if n["done"] < n["units"]:
+            unfinished.append(f"{exp} ({n['done']}/{n['units']} units)")
+    if unfinished:
+        out.append("Partial run — unfinished: " + ", ".join(unfinished) + "; every other experiment is complete.")
+    return out
 
 
 def write_report(out: str | Path, store: ResultStore | None = None) -> dict[str, Path]:
@@ -315,9 +394,7 @@ def write_report(out: str | Path, store: ResultStore | None = None) -> dict[str,
                 f"({store.db_path.name}). Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
                 "Every number labelled “ours” is read from the results store; numbers labelled "
                 f"“{PAPER_LABEL}” are the paper's (NUMBERS.md)."]
-        if preset != "full":
-            head.append("This is not the full run: few images, fewer iterations and a subset of layers — the numbers "
-                        "show the pipeline works, they are not a reproduction of the paper's values.")
+        head += _preset_lines(c)
         html_text, md_text = _render(sections, head)
         from ..io.cache import atomic_write_bytes
         paths = {"html": atomic_write_bytes(out / "report.html", html_text.encode("utf-8")),

@@ -289,7 +289,7 @@ class Table3(Experiment):
     def plan(self, plan: Plan, ctx: Context) -> None:
         """Per model: a ``layers`` unit; per selected block a ``codes`` unit and ``invert`` units per batch."""
         c = plan.config
-        names = self.table_images(plan, ctx)
+        names = self.table_images(plan, ctx, c.layer_images)
         if names is None:
             return
         for model in c.table3_models:
