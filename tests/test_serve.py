@@ -83,6 +83,60 @@ def test_submit_stream_and_results(server):
     assert late[-2:] == ["progress", "done"]
 
 
+def test_a_late_watcher_gets_the_last_frame_then_the_end(server):
+    """A client that subscribes only after its job has finished (a busy machine) still gets the
+    last step's progress frame, then ``done``; so does a second one."""
+    status, body = server.json("POST", "/api/runs", {**HOG, "iterations": 7, "persistent": True})
+    assert status == 202
+    run_id = body["id"]
+    for _ in range(1200):
+        if server.json("GET", f"/api/runs/{run_id}")[1]["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert server.json("GET", f"/api/runs/{run_id}")[1]["status"] == "done"
+    for _ in range(2):
+        events = list(server.events(run_id))
+        assert [e for e, _, _ in events] == ["status", "progress", "done"], [e for e, _, _ in events]
+        frame = events[1][1]
+        assert (frame["iteration"], frame["iterations"]) == (7, 7)  # the last step's frame
+        assert frame["frame"].startswith("data:image/png;base64,") and np.asarray(frame["energy"]).shape == (1, 1)
+        assert events[2][1]["id"] == run_id and events[2][1]["files"]
+
+
+def test_a_slow_watcher_gets_the_latest_frame_before_the_end():
+    """A watcher whose queue is full misses progress frames, but the latest one comes again just
+    before the final event; one that arrives after the end gets the latest frame and the end."""
+    import asyncio
+
+    from preimage.serve.jobs import Job, JobSpec
+
+    async def scenario():
+        job = Job("j" * 22, JobSpec(**HOG))
+        q, missed = job.watch(asyncio.get_running_loop())
+        assert missed == []
+        for i in range(1, 21):
+            job.publish("progress", {"iteration": i})
+            await asyncio.sleep(0)  # delivered, never read: the queue fills up
+        job.publish("done", {"status": "done"})
+        await asyncio.sleep(0)
+        got = [q.get_nowait() for _ in range(q.qsize())]
+        late = job.watch(asyncio.get_running_loop())[1]
+        return got, late
+    got, late = asyncio.run(scenario())
+    iterations = [e["data"].get("iteration") for e in got]
+    assert iterations[-2:] == [20, None] and got[-1]["event"] == "done"
+    assert iterations[:-2] == list(range(1, len(iterations) - 1)) and len(iterations) < 21  # some skipped
+    assert [(e["event"], e["data"].get("iteration")) for e in late] == [("progress", 20), ("done", None)]
+
+
+def test_docs_page_works_offline(server):
+    status, headers, body = server.request("GET", "/docs")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    page = body.decode()
+    assert "/openapi.json" in page and "http://" not in page and "https://" not in page  # nothing from a CDN
+    assert server.request("GET", "/redoc")[0] == 404
+
+
 def test_cancel_a_running_job(server):
     status, body = server.json("POST", "/api/runs", {**HOG, "iterations": 2000, "persistent": True})
     assert status == 202

@@ -52,11 +52,18 @@ def eval_image(root) -> str:
     return str(path)
 
 
-def run_in_page(page, iterations: int, lambdas: str = "0.5, 5") -> dict:
-    """Start a run from the form, wait for its grid; returns what the page showed."""
+def run_in_page(page, iterations: int, lambdas: str = "0.5, 5", slow_submit: float = 0.0) -> dict:
+    """Start a run from the form, wait for its grid; returns what the page showed.
+    ``slow_submit``: seconds the submission waits before it reaches the server, as on a busy
+    machine (the previous run's grid must be gone at once, never taken for the new one's)."""
     page.fill("#lambdas", lambdas)
     page.fill("#iterations", str(iterations))
     page.evaluate("document.getElementById('live-frame').dataset.frames = '0'")
+    page.evaluate("""(ms) => {  // the page's own fetch, its submissions held back ms milliseconds
+        const fetch = window.__fetch = window.__fetch || window.fetch;
+        window.fetch = (url, opts) => (opts && opts.method === "POST" && String(url).endsWith("/api/runs")
+            ? new Promise((ok) => setTimeout(ok, ms)).then(() => fetch(url, opts)) : fetch(url, opts));
+    }""", int(1000 * slow_submit))
     page.click("#start")
     page.wait_for_selector("#results figure.reconstruction")
     page.wait_for_function("document.querySelectorAll('#results figure.reconstruction img').length === 2 && "
@@ -108,8 +115,23 @@ def test_mobilenet_layer(browser_page):
     layer = page.locator("#layer option").nth(3).get_attribute("value")
     page.select_option("#layer", layer)
     assert "receptive field" in page.inner_text("#layer-info")
-    shown = run_in_page(page, iterations=40, lambdas="1, 10")
+    shown = run_in_page(page, iterations=40, lambdas="1, 10", slow_submit=1.5)
     assert shown["frames"] >= 1 and len(shown["captions"]) == 3  # original + two reconstructions
+    assert "done" in shown["message"] and [c.split(":")[0] for c in shown["captions"][1:]] == ["λV=1 r0", "λV=10 r0"]
     record = download_result(page)
     assert (record["model"], record["layer"]) == ("mobilenet_v1_small", layer)
     check_screenshot(page, root / "serve-mobilenet.png")
+
+
+def test_docs_page_renders_offline(browser_page):
+    """The API page draws /openapi.json itself (FastAPI's Swagger UI would need a CDN). Last: it
+    leaves the explorer."""
+    page, root = browser_page
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    host = "/".join(page.url.split("/", 3)[:3])  # http://127.0.0.1:PORT
+    page.goto(host + "/docs")
+    page.wait_for_function("document.querySelectorAll('#routes .route').length >= 8")
+    text = page.inner_text("#routes")
+    assert "/api/runs/{run_id}/events" in text and "POST" in text
+    assert requested and all(u.startswith(host) for u in requested), requested

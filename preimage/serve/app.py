@@ -1,5 +1,6 @@
 """The web app: :func:`create_app` (FastAPI) serving the page under ``/`` and the API under
-``/api`` (documented at ``/docs``, schema at ``/openapi.json``).
+``/api`` (documented at ``/docs``, a page drawn from the schema at ``/openapi.json`` that
+needs nothing from elsewhere: FastAPI's Swagger UI and ReDoc load from a CDN, so they are off).
 
 API (every route answers JSON errors ``{"detail": "…"}``, never a traceback)::
 
@@ -167,7 +168,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         scheduler.shutdown()
         store.close()
 
-    app = FastAPI(title="preimage", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="preimage", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Reconstruct images from their representations (HOG, dense SIFT, CNN layers), "
                               "watch the reconstructions form, compare settings.")
     app.state.cfg, app.state.store, app.state.scheduler, app.state.models = cfg, store, scheduler, models
@@ -185,6 +186,10 @@ def _page_routes(app: FastAPI) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs():  # FastAPI's own pages load Swagger UI / ReDoc from a CDN: this one works offline
+        return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))
 
 
 def _info_routes(app: FastAPI, cfg: ServeConfig, models: Models, scheduler: Scheduler) -> None:

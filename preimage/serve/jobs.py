@@ -96,32 +96,44 @@ class Job:
         self.attached = False
         self.latest: dict | None = None
         self.final: dict | None = None
-        self._watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        #: ``[loop, queue, skipped]`` per watcher; ``skipped``: its latest progress frame was dropped
+        self._watchers: list[list] = []
         self._lock = threading.Lock()
 
     def publish(self, event: str, data: dict) -> None:
-        """Send ``{"event", "data"}`` to every watcher (from any thread); a watcher too slow to keep
-        up misses progress frames, never the final event."""
+        """Send ``{"event", "data"}`` to every watcher (from any thread). A watcher too slow to keep
+        up misses progress frames, never the final event, and never the latest frame: one that
+        skipped frames gets the latest again just before the final event."""
         item = {"event": event, "data": data}
+        final = event in ("done", "failed", "cancelled")
         with self._lock:
             if event == "progress":
                 self.latest = item
-            elif event in ("done", "failed", "cancelled"):
+            elif final:
                 self.final = item
             watchers = list(self._watchers)
-        for loop, q in watchers:
-            if event == "progress" and q.qsize() > 8:
-                continue
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, item)
-            except RuntimeError:  # the watcher's loop is closed
-                pass
+            latest = self.latest
+        for w in watchers:
+            loop, q, skipped = w
+            items = [item]
+            if event == "progress":
+                if q.qsize() > 8:
+                    w[2] = True
+                    continue
+                w[2] = False
+            elif final and skipped and latest is not None:
+                items = [latest, item]
+            for one in items:
+                try:
+                    loop.call_soon_threadsafe(q.put_nowait, one)
+                except RuntimeError:  # the watcher's loop is closed
+                    break
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> tuple[asyncio.Queue, list[dict]]:
         """A new watcher: its queue, and the events it missed (latest progress, final event)."""
         q: asyncio.Queue = asyncio.Queue()
         with self._lock:
-            self._watchers.append((loop, q))
+            self._watchers.append([loop, q, False])
             self.attached = True
             missed = [e for e in (self.latest, self.final) if e is not None]
         return q, missed
@@ -129,7 +141,7 @@ class Job:
     def unwatch(self, q: asyncio.Queue) -> int:
         """Remove a watcher; returns how many remain."""
         with self._lock:
-            self._watchers = [(lo, w) for lo, w in self._watchers if w is not q]
+            self._watchers = [w for w in self._watchers if w[1] is not q]
             return len(self._watchers)
 
     @property

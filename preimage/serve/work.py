@@ -140,7 +140,8 @@ class ProgressProbe(Representation):
 
     Each forward of a ``(B, C, H, W)`` batch of the job's ``batch`` samples counts one step;
     ``on_frame(step, images (B, C, H, W), energies (B,))`` is called for the steps due
-    (:data:`FRAMES_PER_RUN`, :data:`FRAME_SECONDS`). Raises :class:`JobCancelled` at the next step
+    (:data:`FRAMES_PER_RUN`, :data:`FRAME_SECONDS`; :meth:`flush` reports a last step not yet
+    reported). Raises :class:`JobCancelled` at the next step
     once ``cancelled`` is set.
     """
 
@@ -155,6 +156,7 @@ class ProgressProbe(Representation):
         self.batch, self.iterations, self.on_frame, self.cancelled = batch, iterations, on_frame, cancelled
         self.every = max(1, iterations // FRAMES_PER_RUN)
         self.step, self.last = 0, 0.0
+        self.pending: tuple | None = None  # (step, images, codes) of a step not yet reported
         k = len(tvs)  # the objective of the B = R·K samples, b = r·K + k, to price each frame
         self.objective = InversionObjective(inner, target.expand(batch, *target.shape[1:]), image_shape,
                                             lambda_alpha=[alphas[b % k] for b in range(batch)],
@@ -188,11 +190,20 @@ class ProgressProbe(Representation):
             now = time.monotonic()
             due = self.step == 1 or self.step == self.iterations or (
                 self.step % self.every == 0 and now - self.last >= FRAME_SECONDS)
+            self.pending = (self.step, x.detach().clone(), code.detach())
             if due:
                 self.last = now
-                with torch.no_grad():
-                    self.on_frame(self.step, x.detach(), self._energy(x.detach(), code.detach()))
+                self.flush()
         return code
+
+    def flush(self) -> None:
+        """Report the latest step if its frame has not gone out yet (an optimisation that ended
+        before ``iterations`` steps): the last step's frame always precedes the end of the run."""
+        if self.pending is not None:
+            step, x, code = self.pending
+            self.pending = None
+            with torch.no_grad():
+                self.on_frame(step, x, self._energy(x, code))
 
     def _energy(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The energy (:class:`~preimage.objective.InversionObjective`'s terms) of images ``x``
@@ -268,6 +279,7 @@ def run_job(job: Job, cfg: ServeConfig, models: Models) -> tuple[dict, list[str]
                           job.cancelled)
     result = invert(probe, img[None], restarts=r, lambda_tv=tvs, lambda_alpha=alphas, iterations=spec.iterations,
                     param=param, jitter=spec.jitter, mask=mask, seed=spec.seed, progress=False)
+    probe.flush()
     files = _write(cfg.data_dir / "runs" / job.id, result, rep, img, info, spec.neighbourhood)
     errors = result.relative_errors[0]
     kind = "boxed" if spec.neighbourhood and rep.receptive_field_box(spec.neighbourhood) else "recon"

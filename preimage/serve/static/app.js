@@ -93,12 +93,16 @@ function spec() {
 
 async function start() {
   say("");
+  // Forget the previous run at once (before the request, which may take a while on a busy server):
+  // its results, frame and events must never pass for the new run's.
+  if (source) { source.close(); source = null; }
+  runId = null; energies = []; drawEnergy(); $("progress-text").textContent = "";
+  $("results").innerHTML = ""; $("downloads").innerHTML = ""; $("live-frame").removeAttribute("src");
   let res;
   try {
     res = await api("/api/runs", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(spec()) });
   } catch (e) { say(e.message, true); return; }
-  runId = res.id; energies = [];
-  $("results").innerHTML = ""; $("downloads").innerHTML = ""; $("live-frame").removeAttribute("src");
+  runId = res.id;
   $("start").disabled = true; $("cancel").disabled = false;
   say(`run ${runId} queued`);
   watch(runId);
