@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_parse_method_defaults_and_options(bp):
     m = bp.parse_method("fourier")
-    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 0.01, "anneal")
+    assert (m.param, m.optimiser, m.lr, m.jitter, m.tv, m.sched) == ("fourier", "adam", 0.05, None, 0.003, "const")
     m = bp.parse_method("fourier+jitter:lr=0.02:tv=0.1:sched=const")
     assert (m.label, m.jitter, m.lr, m.tv, m.sched) == ("fourier+jitter:lr=0.02:tv=0.1:sched=const", "auto",
                                                         0.02, 0.1, "const")

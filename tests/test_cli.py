@@ -116,7 +116,7 @@ def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
     # preimage's default for CNN layers: a Fourier image with Adam, the paper's weight for an early
     # layer (0.5) times the Fourier image's prior scale
     assert result["settings"]["param"] == "fourier" and result["settings"]["method"] == "adam"
-    assert result["settings"]["lambda_tv"] == [pytest.approx(0.005)]
+    assert result["settings"]["lambda_tv"] == [pytest.approx(0.0015)]
     assert main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv9", "--out", str(out)]) == 2
 
 

@@ -78,7 +78,7 @@ def test_cnn_layer_table_on_a_synthetic_set(tmp_path):
     row = result["rows"]["conv1"]
     assert row["lambda_tv"] == 0.5  # the paper's weight for the first layers
     # preimage's default: a Fourier image, the paper's weight times its prior scale
-    assert default["options"] == {"param": "fourier"} and default["rows"]["conv1"]["lambda_tv"] == pytest.approx(0.005)
+    assert default["options"] == {"param": "fourier"} and default["rows"]["conv1"]["lambda_tv"] == pytest.approx(0.0015)
     assert default["rows"]["conv1"]["paper"]["per_image"] != row["paper"]["per_image"]
     assert 0 < row["relative_depth"] < 0.1
     assert len(row["paper"]["per_image"]) == 2

@@ -5,8 +5,8 @@ from it (:class:`~preimage.params.base.Parameterisation` states the contract).
 name       ``u`` is                                                optimiser, lr, schedule, priors
 =========  ======================================================  ===================================
 pixel      the parameter itself (the paper's method)               momentum, the representation's
-fourier    1/f-scaled FFT coefficients, colours mixed as in train/ Adam 0.05, anneal, λ × 0.01
-dip        the output of a small hourglass network from fixed noise Adam 0.01, anneal, λ × 0.01
+fourier    1/f-scaled FFT coefficients, colours mixed as in train/ Adam 0.05, constant, λ × 0.003
+dip        the output of a small hourglass network from fixed noise Adam 0.01, constant, λ × 0.003
 =========  ======================================================  ===================================
 
 Fourier's settings were calibrated on ``train/`` (``benchmarks/bench_priors.py``); DIP's rate is

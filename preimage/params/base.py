@@ -47,10 +47,10 @@ from torch import nn
 from ..objective import natural_sigma
 
 #: preimage's schedule for Adam on a re-parameterised image, 400 iterations (rescaled to a run's
-#: length): the rate constant for half the run, then stepped down to 3 % of it. Calibrated on
-#: train/ (issue 14): at a constant rate Adam hovers about its minimum; the paper's CNN schedule
-#: (0.1× after a quarter of the run) stalls it.
-ANNEAL_SCHEDULE: tuple[tuple[int, float], ...] = ((200, 1.0), (50, 0.6), (50, 0.3), (50, 0.1), (50, 0.03))
+#: length): one rate throughout. Calibrated on train/ (issue 14, benchmarks/bench_priors.py): the
+#: paper's CNN schedule (0.1× after a quarter of the run) stalls Adam, and annealing the second
+#: half of the run lost at conv1 and block5_add (MobileNet v2) at equal iterations.
+CONSTANT_SCHEDULE: tuple[tuple[int, float], ...] = ((400, 1.0),)
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..paper import SIGMA_PER_PIXEL
-from .base import ANNEAL_SCHEDULE, Parameterisation, SigmaOutput, make_generator, restart_index
+from .base import CONSTANT_SCHEDULE, Parameterisation, SigmaOutput, make_generator, restart_index
 
 
 class GroupedConv(nn.Module):
@@ -128,8 +128,8 @@ class DIPParam(Parameterisation):
     name = "dip"
     recommended_optimiser = "adam"
     recommended_lr = 0.01  # DIP's; not calibrated further (at equal time it gets ~1/10 the steps)
-    recommended_schedule = ANNEAL_SCHEDULE
-    prior_scale = 0.01
+    recommended_schedule = CONSTANT_SCHEDULE
+    prior_scale = 0.003  # as the Fourier image's
 
     def __init__(self, shape: Sequence[int], n: int, *, channels: Sequence[int] = (8, 16, 32, 64, 64),
                  skip: int = 4, noise_channels: int = 8, bounded: bool = False,
