@@ -112,8 +112,12 @@ class FigureExperiment(Experiment):
             from ..io.cache import atomic_write_bytes
             atomic_write_bytes(collected.out / "report" / f"{self.name}.png", fig.png)
         s.blocks.append(fig)
-        s.paragraphs.append("Units: " + "; ".join(_unit_settings(r) for r in rows) + ".")
+        s.paragraphs.append("Units: " + "; ".join(self.unit_settings(r) for r in rows) + ".")
         return s
+
+    def unit_settings(self, row: dict) -> str:
+        """One finished unit's settings, for the line under the figure."""
+        return _unit_settings(row)
 
     def cnn_model(self, plan: Plan, ctx: Context) -> dict | None:
         """The figure model's facts (:meth:`.base.Context.model`), or None with the reason in ``plan.skipped``."""
@@ -531,28 +535,12 @@ class FigVisualize(FigureExperiment):
         if size is not None:
             plan.note(self.name, f"channels and caricatures at {size}²; class images at the network's input size")
 
-    def render(self, collected: Collected) -> Section:
-        """The figure (:meth:`FigureExperiment.render`) and one line of settings per unit."""
-        s = Section(self.name, self.title, [self.text])
-        rows = collected.finished(self.name)
-        if not rows:
-            s.paragraphs.append("No finished unit for this figure.")
-            return s
-        tiles, caps, cols = self.tiles(collected, rows)
-        fig = Figure(self.name, self.title, _grid_png(tiles, caps, cols))
-        if collected.out is not None:
-            from ..io.cache import atomic_write_bytes
-            atomic_write_bytes(collected.out / "report" / f"{self.name}.png", fig.png)
-        s.blocks.append(fig)
-        lines = []
-        for r in rows:
-            st, p = r["metrics"].get("settings", {}), r["params"]
-            lines.append(f"{p['what']} of {rep_label(p)}: {len(r['metrics'].get('labels', []))} as one batch, "
-                         f"{'×'.join(map(str, st.get('image_shape', [])))}, {st.get('param')} image, "
-                         f"{st.get('iterations')} iterations, jitter {st.get('jitter')}, "
-                         f"{secs(r['timings'].get('seconds'))}")
-        s.paragraphs.append("Units: " + "; ".join(lines) + ".")
-        return s
+    def unit_settings(self, row: dict) -> str:
+        """What a visualisation unit maximised, on what image, how long."""
+        st, p = row["metrics"].get("settings", {}), row["params"]
+        return (f"{p['what']} of {rep_label(p)}: {len(row['metrics'].get('labels', []))} as one batch, "
+                f"{'×'.join(map(str, st.get('image_shape', [])))}, {st.get('param')} image, "
+                f"{st.get('iterations')} iterations, jitter {st.get('jitter')}, {secs(row['timings'].get('seconds'))}")
 
     def tiles(self, c: Collected, rows: list[dict]) -> tuple[list, list[str], int]:
         """Channel rows (8 per row), the class row, then per image its original and caricatures."""
