@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .data import spread
 from .experiments import scoring
 from .experiments.base import (Unit, cnn_rep, codes_params, hoggle_params, image_batches, invert_params,
-                               shallow_rep)
+                               model_options_for, options_text, shallow_rep, unit_model_options)
 from .experiments.store import DB_NAME, UNITS_DIR, ResultStore
 from .experiments.units import load_unit_image, network, representation, run_unit
 from .invert import recipe_prior_scale
@@ -207,10 +207,11 @@ def format_table1(result: dict) -> str:
 
 def _layer_units(model_name: str, layer: str, lam: float, images: list[str], batches: list[list[str]],
                  size: list[int], *, iterations: int | None, lr: float | None, seed: int, weights: str,
-                 options: dict | None = None) -> list[Unit]:
+                 options: dict | None = None, model_options: dict | None = None) -> list[Unit]:
     """The ``codes`` unit then the ``invert`` unit of each batch of one layer (squashed RGB images,
-    λ_V passed to invert as given); ``weights`` (the network's fingerprint) is part of every key."""
-    rep = {**cnn_rep(model_name, layer), "weights": weights}
+    λ_V passed to invert as given); ``weights`` (the network's fingerprint) and the model's loading
+    options (when any) are part of every key."""
+    rep = {**cnn_rep(model_name, layer, model_options), "weights": weights}
     units = [Unit(codes_params(_LAYERS, rep, images, batches, mode="rgb", preprocess="squash", size=size))]
     units += [Unit(invert_params(_LAYERS, rep, batch, mode="rgb", preprocess="squash", size=size, lambdas=[lam],
                                  lambda_scaling="none", iterations=iterations, lr=lr, seed=seed, save="none",
@@ -235,7 +236,8 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
                         paths: Sequence[Path] | None = None, limit: int | None = None,
                         iterations: int | None = None, lr: float | None = None,
                         lambda_tv: float | None = None, max_batch: int = BATCH_IMAGES, progress: bool = True,
-                        seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None) -> dict:
+                        seed: int = 0, cache_dir: str | Path | None = None, options: dict | None = None,
+                        model_options: dict | None = None) -> dict:
     """Table-3 style evaluation of a CNN: invert each layer's code of every eval image.
 
     Images are RGB, resized to the network's input size without cropping (as the authors' code
@@ -246,14 +248,19 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     ``{"method": "paper"}`` is the paper's method. Errors are
     normalised per layer over the set's codes, in both conventions. ``limit`` takes that many
     images spread evenly over the set. With ``cache_dir``, finished units are kept there and an
-    interrupted evaluation resumes; ``options`` as for :func:`evaluate_shallow`. Returns
-    ``{"model", "images", "iterations", "options", "rows": {layer:
-    {"layer", "lambda_tv", "relative_depth", "seconds_per_image", "paper", "authors"}}}``.
+    interrupted evaluation resumes; ``options`` as for :func:`evaluate_shallow`. ``model_options``:
+    how the network loads, :func:`preimage.models.get_model`'s ``preprocess``, ``weights``,
+    ``input_size``, ``model_dir`` (the CLI's model options), part of every unit's key. Returns
+    ``{"model", "images", "iterations", "options", "model_settings" (the loaded network's input size,
+    mean pixel and preprocessing, :func:`preimage.models.model_settings`), ["model_options",] "rows":
+    {layer: {"layer", "lambda_tv", "relative_depth", "seconds_per_image", "paper", "authors"}}}``.
     """
+    from .models import model_settings
     from .models.fx import model_input_size
     from .representations.cnn import list_layers
 
-    model = network(model_name)
+    model_opts = model_options_for(model_name, unit_model_options(**(model_options or {})))
+    model = network(model_name, options=model_opts)
     images = _image_refs(paths, limit)
     if len(images) < 2:
         raise ValueError("the normalised error needs at least two images")
@@ -267,21 +274,25 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     bar = tqdm(total=len(names) * len(images), desc=model_name, disable=not progress, dynamic_ncols=True)
     with _Units(cache_dir) as units:
         for name in names:
-            rep = representation(cnn_rep(model_name, name), "squash", size)
+            rep = representation(cnn_rep(model_name, name, model_opts), "squash", size)
             lam = rep.lambda_tv * scale if lambda_tv is None else lambda_tv
             unit_rows = units.rows(_layer_units(model_name, name, lam, images, batches, size, iterations=iterations,
-                                                lr=lr, seed=seed, weights=weights, options=options), bar)
+                                                lr=lr, seed=seed, weights=weights, options=options,
+                                                model_options=model_opts), bar)
             rows[name] = _row(unit_rows, {"layer": name, "lambda_tv": lam, "relative_depth": rep.relative_depth})
     bar.close()
     return {"model": model_name, "images": len(images), "iterations": iterations or 400,
-            "options": dict(options or {}), "rows": rows}
+            "options": dict(options or {}), "model_settings": model_settings(model),
+            **({"model_options": model_opts} if model_opts else {}), "rows": rows}
 
 
 def format_cnn_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_cnn_layers` results, one row per layer."""
     lines = [f"{result['model']} — {result['images']} images, {result['iterations']} iterations, "
              "λ_V by relative depth (the paper's 0.5 / 5 / 50, times the parameterisation's prior scale)"
-             + _options_text(result), "",
+             + _options_text(result)
+             + (f"; model loaded with {options_text(result['model_options'])}" if result.get("model_options") else ""),
+             "",
              "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():

@@ -140,3 +140,83 @@ def test_cnn_layer_table_resumes_per_layer(tmp_path, monkeypatch):
         again = evaluate_cnn_layers("caffenet", layers=["conv1"], paths=paths, iterations=3, progress=False,
                                     cache_dir=cache)
     assert again["rows"]["conv1"]["paper"]["per_image"] == pytest.approx(first["rows"]["conv1"]["paper"]["per_image"])
+
+
+# ----------------------------------------------------------------------------------------------
+# A model's loading options (issue 11, items 5-6): part of evaluate's and reproduce's units
+# ----------------------------------------------------------------------------------------------
+
+def _tiny_onnx(folder):
+    """A two-convolution ONNX network at 32×32 (no preprocessing metadata)."""
+    pytest.importorskip("onnx")
+    import torch
+    from torch import nn
+
+    from helpers.onnx_nets import export
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2), nn.ReLU()).eval()
+    return export(net, folder / "tiny.onnx", 32)
+
+
+def test_units_without_model_options_keep_their_params():
+    from preimage.experiments.base import cnn_rep, model_options_for, unit_model_options
+    assert cnn_rep("caffenet", "conv1") == {"type": "cnn", "model": "caffenet", "layer": "conv1"}
+    assert cnn_rep("caffenet", "conv1", None) == cnn_rep("caffenet", "conv1", {})
+    assert unit_model_options() is None and unit_model_options(preprocess={"preset": None}) is None
+    opts = unit_model_options(preprocess={"preset": "Caffe", "order": "bgr", "mean": (1, 2, 3)}, input_size="48x64")
+    assert opts == {"preprocess": {"preset": "caffe", "order": "BGR", "mean": [1, 2, 3]}, "input_size": [48, 64]}
+    assert json.loads(json.dumps(opts)) == opts  # JSON values only
+    # a reproduction's options reach the user's files, not the named networks with their own settings
+    assert model_options_for("caffenet", opts, strict=False) is None
+    assert model_options_for("net.onnx", opts, strict=False) == opts
+
+
+def test_evaluate_cli_model_preprocessing_reaches_the_units(shared, tmp_path, capsys):
+    from preimage.experiments.store import ResultStore
+    net = _tiny_onnx(tmp_path)
+    cache, outs = tmp_path / "cache", {}
+    common = ["evaluate", "--model", str(net), "--layers", "conv_2_Conv", "--limit", "2", "--iters", "2",
+              "--resume-dir", str(cache), "--no-progress"]
+    for name, extra in (("caffe", ["--preprocess", "caffe"]), ("default", [])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the file names no preprocessing: torchvision's, with a warning
+            assert main(common + extra + ["--out", str(tmp_path / f"{name}.json")]) == 0
+        outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert "model loaded with preprocess preset=caffe" in capsys.readouterr().out
+    caffe, default = outs["caffe"], outs["default"]
+    assert caffe["model_options"] == {"preprocess": {"preset": "caffe"}} and "model_options" not in default
+    assert caffe["model_settings"]["preprocessing"]["preset"] == "caffe"
+    assert caffe["model_settings"]["preprocessing"]["order"] == "BGR"
+    assert default["model_settings"]["preprocessing"]["preset"] == "torchvision"
+    assert caffe["rows"]["conv_2_Conv"]["paper"]["per_image"] != default["rows"]["conv_2_Conv"]["paper"]["per_image"]
+    with ResultStore(cache, readonly=True) as store:
+        rows = store.rows(status="finished")
+    by_options = {}
+    for r in rows:  # one codes and one invert unit per run: the second run reused none of the first's
+        by_options.setdefault(json.dumps(r["params"]["rep"].get("model_options")), set()).add(r["key"])
+    assert sorted(by_options) == ["null", '{"preprocess": {"preset": "caffe"}}']
+    assert [len(keys) for keys in by_options.values()] == [2, 2] and len(rows) == 4
+
+
+def test_evaluate_model_options_need_a_model(capsys):
+    assert main(["evaluate", "--reps", "hog", "--preprocess", "caffe", "--limit", "2"]) == 2
+    assert "are for --model" in capsys.readouterr().err
+
+
+def test_reproduce_plans_the_users_model_with_its_options(shared, tmp_path, capsys):
+    from preimage.experiments import build_plan, config_from
+    net = _tiny_onnx(tmp_path)
+    config = config_from("tiny", [f"table3_models={net}", f"figure_model={net}"],
+                         model_options={"preprocess": {"preset": "caffe"}, "input_size": "32,32"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = build_plan(config, "table2,table3,fig4")
+    want = {"preprocess": {"preset": "caffe"}, "input_size": [32, 32]}
+    table3 = [u for u in plan.units if u.experiment == "table3"]
+    assert table3 and "table3" not in plan.skipped
+    assert all((u.params.get("rep") or u.params)["model_options"] == want for u in table3)
+    # CaffeNet (Table 2) keeps its own settings: its unit is the one stored without options
+    assert all("model_options" not in u.params for u in plan.units if u.experiment == "table2")
+    # an option no model of the run takes is an error, not silently ignored
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--preset", "tiny", "--preprocess", "caffe"]) == 2
+    assert "applies to none of this run's models" in capsys.readouterr().err

@@ -8,14 +8,17 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import PreimageError
+from .common import add_model_options, model_options
+
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
     sp = subparsers.add_parser("evaluate", help="Table 1 (shallow) or a per-layer CNN table over the eval set")
     sp.add_argument("--reps", default="hog,hogb,dsift", help="comma-separated: hog, hogb, dsift, hoggle")
     sp.add_argument("--model", help="evaluate this CNN's layers instead (e.g. mobilenet_v2, a .onnx/.tflite file, "
-                                    "package.module:factory)")
-    sp.add_argument("--model-dir", action="append", metavar="DIR", help="folder searched first for model files")
+                                    "package.module:factory); its loading options (--preprocess …) join every "
+                                    "unit's key and the result")
     sp.add_argument("--layers", help="comma-separated layers of --model (default: its blocks)")
     sp.add_argument("--cnn-lambda-tv", type=float, help="one TV weight for every layer (default: by depth)")
     sp.add_argument("--limit", type=int, help="only N eval images, spread evenly over the (class-sorted) set")
@@ -35,6 +38,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                                   "until then, so an interrupted run resumes when given the same --out")
     sp.add_argument("--resume-dir", help="keep finished batches in this folder instead (kept afterwards)")
     sp.add_argument("--no-progress", action="store_true")
+    add_model_options(sp)
     sp.set_defaults(func=cmd_evaluate)
     return sp
 
@@ -46,6 +50,9 @@ def cmd_evaluate(args) -> int:
                             remove_cache)
     from .common import export_model_dirs
     export_model_dirs(args.model_dir)  # workers resolve --model by name through PREIMAGE_MODELS
+    model_opts = model_options(args)
+    if not args.model and any(v is not None for k, v in model_opts.items() if k != "model_dir"):
+        raise PreimageError("--weights, --preprocess and its options, --input-size are for --model")
     cache_dir = args.resume_dir or (f"{args.out}.parts" if args.out else None)
     options = {k: v for k, v in (("param", args.param), ("jitter", args.jitter)) if v is not None}
     if args.method == "paper":
@@ -58,7 +65,7 @@ def cmd_evaluate(args) -> int:
         layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
         result = evaluate_cnn_layers(args.model, layers=layers, limit=args.limit, iterations=args.iters,
                                      lr=args.lr, lambda_tv=args.cnn_lambda_tv, progress=not args.no_progress,
-                                     cache_dir=cache_dir, options=options)
+                                     cache_dir=cache_dir, options=options, model_options=model_opts)
         table = format_cnn_table(result)
     else:
         reps = [r.strip() for r in args.reps.split(",") if r.strip()]

@@ -16,6 +16,7 @@ import argparse
 
 from ..errors import PreimageError
 from ..experiments import EXPERIMENTS, PRESETS, config_from, run, write_report
+from .common import add_model_options, model_options
 
 #: What each preset is for (``--help``); the settings are :data:`preimage.experiments.base.PRESETS`.
 PRESET_HELP = {"quick": "CI, < 5 min: a few images, fewer iterations, a subset of layers",
@@ -54,10 +55,9 @@ def add_reproduce_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=None, metavar="N", help="eval images for the tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration setting (e.g. shallow_iterations=100); repeatable")
-    p.add_argument("--model-dir", action="append", metavar="DIR",
-                   help="folder searched first for model files (e.g. --set figure_model=net.onnx)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--report-only", action="store_true", help="only (re)write the report from the store")
+    add_model_options(p)  # for the run's own models (e.g. --set figure_model=net.onnx); part of their units' keys
     p.set_defaults(func=cmd_reproduce)
     return p
 
@@ -77,7 +77,7 @@ def cmd_reproduce(args) -> int:
     overrides = list(args.set)
     if args.images is not None:
         overrides.append(f"n_images={args.images}")
-    config = config_from(preset, overrides)
+    config = config_from(preset, overrides, model_options=model_options(args))
     if args.workers is not None and args.workers < 1:
         raise PreimageError("--workers must be at least 1")
     summary = run(config, args.out, only=args.only, scheduler=args.scheduler, workers=args.workers,

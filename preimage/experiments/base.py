@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..data import spread
@@ -37,7 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Config", "PRESETS", "Unit", "Plan", "Context", "Experiment", "config_from", "layer_lambda",
            "invert_params", "codes_params", "hoggle_params",
-           "shallow_preprocess", "shallow_unavailable", "image_batches", "shallow_rep", "cnn_rep", "describe_preprocess", "UNIT_VERSION"]
+           "shallow_preprocess", "shallow_unavailable", "image_batches", "shallow_rep", "cnn_rep", "describe_preprocess", "UNIT_VERSION",
+           "unit_model_options", "model_options_for", "check_model_options", "options_text"]
 
 #: Bump to invalidate every stored unit (changes every key).
 UNIT_VERSION = 2
@@ -94,6 +96,8 @@ class Config:
     fig6_restarts: int = 3
     fig8_layers: int = 6
     seed: int = 0
+    # how the run's own models load (:func:`unit_model_options`; the CLI's model options), or None
+    model_options: dict | None = None
 
     def to_dict(self) -> dict:
         """The configuration as a JSON-ready dict (recorded in the store)."""
@@ -134,17 +138,29 @@ def _coerce(name: str, text: str, current: Any) -> Any:
     return text
 
 
-def config_from(preset: str = "full", overrides: Sequence[str] | dict | None = None) -> Config:
-    """A preset with ``KEY=VALUE`` overrides (strings as on the command line, or a dict).
+def config_from(preset: str = "full", overrides: Sequence[str] | dict | None = None, *,
+                model_options: dict | None = None) -> Config:
+    """A preset with ``KEY=VALUE`` overrides (strings as on the command line, or a dict), and the
+    loading options of the run's models (keyword arguments of :func:`unit_model_options`, as the
+    CLI's model options; checked by :func:`check_model_options`).
 
     Raises :class:`~preimage.errors.PreimageError` for an unknown preset, setting or bad value.
     """
     if preset not in PRESETS:
         raise PreimageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
+    cfg = _with_overrides(PRESETS[preset], overrides)
+    options = unit_model_options(**(model_options or {}))
+    if options:
+        cfg = dataclasses.replace(cfg, model_options=options)
+        check_model_options(cfg)
+    return cfg
+
+
+def _with_overrides(cfg: Config, overrides: Sequence[str] | dict | None) -> Config:
+    """``cfg`` with the ``KEY=VALUE`` overrides of :func:`config_from`."""
     if not overrides:
         return cfg
-    fields = {f.name for f in dataclasses.fields(Config)}
+    fields = {f.name for f in dataclasses.fields(Config)} - {"model_options"}
     items = overrides.items() if isinstance(overrides, dict) else [o.split("=", 1) for o in overrides]
     changes = {}
     for item in items:
@@ -226,9 +242,134 @@ def shallow_rep(name: str) -> dict:
     return {"type": "shallow", "name": name}
 
 
-def cnn_rep(model: str, layer: str) -> dict:
-    """The ``rep`` parameter of one layer of a network (:func:`preimage.models.get_model`)."""
-    return {"type": "cnn", "model": model, "layer": layer}
+def cnn_rep(model: str, layer: str, model_options: dict | None = None) -> dict:
+    """The ``rep`` parameter of one layer of a network (:func:`preimage.models.get_model`);
+    ``model_options`` (:func:`unit_model_options`: how the network loads) join it, and so its unit's
+    key, only when there are any (a rep without them is the one stored before they existed)."""
+    rep = {"type": "cnn", "model": model, "layer": layer}
+    if model_options:
+        rep["model_options"] = dict(model_options)
+    return rep
+
+
+#: The preprocessing settings a unit's model options may hold (:func:`preimage.models.get_model`'s
+#: ``preprocess`` mapping).
+_PREPROCESS_KEYS = ("preset", "order", "scale", "mean", "std")
+
+
+def _json_value(value):
+    """A setting as a JSON value: strings and numbers as they are, sequences as lists."""
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    raise PreimageError(f"model option {value!r} is not a string, a number or a list of them")
+
+
+def _preprocess_option(preprocess) -> dict | None:
+    """``preprocess`` (None, a preset name, a Preprocessing or a mapping) as a JSON dict of the
+    settings given (checked by building it once), or None."""
+    from ..models.preprocess import Preprocessing, make_preprocessing
+    if preprocess is None:
+        return None
+    if isinstance(preprocess, Preprocessing):
+        preprocess = {k: v for k, v in preprocess.settings().items() if k in _PREPROCESS_KEYS}
+    elif isinstance(preprocess, str):
+        preprocess = {"preset": preprocess}
+    unknown = set(preprocess) - set(_PREPROCESS_KEYS)
+    if unknown:
+        raise PreimageError(f"unknown preprocessing settings {sorted(unknown)}; valid: {', '.join(_PREPROCESS_KEYS)}")
+    out = {k: _json_value(preprocess[k]) for k in _PREPROCESS_KEYS if preprocess.get(k) is not None}
+    if "preset" in out:
+        out["preset"] = str(out["preset"]).strip().lower()
+    if "order" in out:
+        out["order"] = str(out["order"]).strip().upper()
+    make_preprocessing(out.get("preset"), **{k: v for k, v in out.items() if k != "preset"})  # raises when invalid
+    return out or None
+
+
+def unit_model_options(preprocess=None, weights=None, input_size=None, model_dir=None) -> dict | None:
+    """How a unit's network loads, as JSON values for its ``rep`` (:func:`cnn_rep`, hence its key):
+    the keyword arguments of :func:`preimage.models.get_model` that were given, normalised, or None
+    when none was.
+
+    ``preprocess``: a preset name, a :class:`~preimage.models.preprocess.Preprocessing` or a mapping
+    (``preset``, ``order``, ``scale``, ``mean``, ``std``; the given ones are kept as given, the
+    channel order upper-case); ``weights``: a file (stored as its absolute path) or a torchvision
+    weights name; ``input_size``: ``(H, W)``, ``"H,W"`` or one number (stored as ``[H, W]``);
+    ``model_dir``: a folder or a list of them (absolute paths). Raises
+    :class:`~preimage.errors.PreimageError` for an invalid setting.
+    """
+    from ..models.preprocess import make_preprocessing
+    out: dict[str, Any] = {}
+    prep = _preprocess_option(preprocess)
+    if prep:
+        out["preprocess"] = prep
+    if weights is not None:
+        w = Path(str(weights)).expanduser()
+        out["weights"] = str(w.resolve()) if w.exists() else str(weights)
+    if input_size is not None:
+        out["input_size"] = list(make_preprocessing("raw", input_size=input_size).input_size)
+    dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir or [])
+    if dirs:
+        out["model_dir"] = [str(Path(str(d)).expanduser().resolve()) for d in dirs]
+    return out or None
+
+
+#: The model options each kind of model (:func:`preimage.models.model_kind`) takes in a
+#: reproduction, where one set of options serves every model of the run: the user's files and
+#: factories take their preprocessing and size; named models keep their own settings and take
+#: only the folders to search (the MobileNets); caffenet and torchvision:NAME take none.
+_TAKES = {"onnx": {"preprocess", "input_size", "model_dir"}, "tflite": {"preprocess", "input_size", "model_dir"},
+          "unknown": {"preprocess", "input_size", "model_dir"}, "factory": {"preprocess", "input_size", "weights"},
+          "named": {"model_dir"}, "torchvision": set()}
+
+
+def _takes(spec: str, strict: bool) -> set[str]:
+    """The option names :func:`model_options_for` keeps for the model ``spec``."""
+    from ..models import model_kind
+    kind = model_kind(spec)
+    caffenet = str(spec).strip().lower() == "caffenet"
+    if strict:  # the model named on the command line: get_model judges (and refuses) the rest
+        searched = kind not in ("torchvision", "factory") and not caffenet
+        return {"preprocess", "weights", "input_size"} | ({"model_dir"} if searched else set())
+    return set() if caffenet else _TAKES.get(kind, set())
+
+
+def model_options_for(spec: str, options: dict | None, *, strict: bool = True) -> dict | None:
+    """The part of ``options`` (:func:`unit_model_options`) that applies to the model ``spec``, or
+    None. ``model_dir`` is kept only for models looked up on the search path (MobileNets, files).
+    ``strict=False`` (a reproduction: one set of options for all its models) also drops what the
+    model's kind does not take (see ``_TAKES``); ``strict=True`` keeps it, so that
+    :func:`preimage.models.get_model` refuses it with its own message."""
+    if not options:
+        return None
+    keep = _takes(spec, strict)
+    out = {k: v for k, v in options.items() if k in keep}
+    return out or None
+
+
+def check_model_options(config: Config) -> None:
+    """Raise :class:`~preimage.errors.PreimageError` when one of ``config.model_options`` applies to
+    none of the run's models (``table3_models``, ``figure_model``), which would silently ignore it."""
+    models = list(dict.fromkeys([*config.table3_models, config.figure_model]))
+    for key in config.model_options or {}:
+        if not any(key in _takes(m, strict=False) for m in models):
+            flag = "--" + key.replace("_", "-")
+            raise PreimageError(f"{flag} applies to none of this run's models ({', '.join(models)}): the model "
+                                "options are for .onnx/.tflite files and package.module:factory models (--model-dir "
+                                "also for the MobileNets); name one with --set figure_model=… or --set table3_models=…")
+
+
+def options_text(options: dict | None) -> str:
+    """``"preprocess preset=caffe, input_size=[64, 64]"``: model options for reports and tables."""
+    parts = []
+    for k, v in (options or {}).items():
+        if isinstance(v, dict):
+            parts.append(f"{k} " + " ".join(f"{kk}={vv}" for kk, vv in v.items()))
+        else:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
 
 
 def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: str, preprocess: str, size,
@@ -349,6 +490,11 @@ class Context:
             return self._shapes[key]
         return shape
 
+    def model_options(self, name: str) -> dict | None:
+        """The run's model options (``config.model_options``) that apply to the model ``name``
+        (:func:`model_options_for`, not strict), or None."""
+        return model_options_for(name, self.config.model_options, strict=False)
+
     def model(self, name: str) -> dict:
         """``{"blocks": all block names, "usable": those computable at the CNN size, "size": S,
         "input_size": (H, W)}``; raises with the reason when the model is unavailable."""
@@ -368,7 +514,7 @@ class Context:
         from ..models.fx import model_input_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = get_model(name)
+            model = get_model(name, **(self.model_options(name) or {}))
         blocks = list(getattr(model, "block_names", None) or model.layer_names)
         h, w = model_input_size(model)
         size = int(self.config.cnn_size or min(h, w))

@@ -21,7 +21,7 @@ from ..invert import recipe_prior_scale
 from ..io.artefacts import picture_name
 from ..paper import LAMBDA_TV, LAMBDAS_TV, analogue
 from ..representations.cnn import CNNLayer
-from .base import (Context, Experiment, Plan, cnn_rep, hoggle_params, invert_params, layer_lambda,
+from .base import (Context, Experiment, Plan, cnn_rep, hoggle_params, invert_params, layer_lambda, options_text,
                    shallow_preprocess, shallow_rep, shallow_unavailable)
 from .report import Collected, Figure, Section, rep_label, secs
 
@@ -123,17 +123,20 @@ class FigureExperiment(Experiment):
         """The figure model's facts (:meth:`.base.Context.model`), or None with the reason in ``plan.skipped``."""
         model = plan.config.figure_model
         try:
-            return ctx.model(model)
+            info = ctx.model(model)
         except Exception as exc:  # noqa: BLE001
             plan.skipped[self.name] = f"model {model} unavailable: {type(exc).__name__}: {exc}"
             return None
+        if ctx.model_options(model):
+            plan.note(self.name, f"{model}: loaded with {options_text(ctx.model_options(model))}")
+        return info
 
     def cnn_unit(self, plan: Plan, ctx: Context, info: dict, layer: str, images: int = 1, **kwargs) -> None:
         """Add an ``invert`` unit of the figure model's ``layer`` on the first ``images`` eval images
         (RGB, cropped to the CNN size); λ_V by the depth rule unless ``lambdas`` is given."""
         c = plan.config
         kwargs.setdefault("lambdas", [layer_lambda(info["blocks"], layer)])
-        plan.add(invert_params(self.name, cnn_rep(c.figure_model, layer), ctx.image_names()[:images], mode="rgb",
+        plan.add(invert_params(self.name, cnn_rep(c.figure_model, layer, ctx.model_options(c.figure_model)), ctx.image_names()[:images], mode="rgb",
                                preprocess="crop", size=info["size"], iterations=c.cnn_iterations, seed=c.seed,
                                **kwargs))
 
@@ -513,6 +516,7 @@ class FigVisualize(FigureExperiment):
         if info is None:
             return
         c, model = plan.config, plan.config.figure_model
+        opts = ctx.model_options(model)
         size = None if info["size"] == min(info["input_size"]) else info["size"]
         names = ctx.image_names()
         n_chan, n_class, n_cari, its = (self.channels, self.classes, self.caricatures, None)
@@ -521,17 +525,18 @@ class FigVisualize(FigureExperiment):
             its = min(its, c.cnn_iterations or its)
         for layer in self.layers(info):
             plan.add(visualize_params(self.name, model, layer, what="channels", size=size, iterations=its,
-                                      units=range(n_chan), seed=c.seed))
+                                      units=range(n_chan), seed=c.seed, model_options=opts))
         for layer in self.layers(info):
             plan.add(visualize_params(self.name, model, layer, what="caricature", size=size, iterations=its,
-                                      images=names[:n_cari], seed=c.seed))
+                                      images=names[:n_cari], seed=c.seed, model_options=opts))
         try:
             classes = list(dict.fromkeys(synset_class_index(n) for n in names))[:n_class]
         except FileNotFoundError as exc:
             plan.skipped[f"{self.name}/classes"] = f"class labels unavailable: {exc}"
             return
         plan.add(visualize_params(self.name, model, info["blocks"][-1], what="classes", size=None, iterations=its,
-                                  units=[k for k in classes if k is not None], seed=c.seed))
+                                  units=[k for k in classes if k is not None], seed=c.seed,
+                                  model_options=opts))
         if size is not None:
             plan.note(self.name, f"channels and caricatures at {size}²; class images at the network's input size")
 

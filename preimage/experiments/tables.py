@@ -21,7 +21,7 @@ from ..paper import TABLE3 as PAPER_TABLE3
 from ..paper import TABLE3_CHOICE as PAPER_TABLE3_CHOICE
 from . import scoring
 from .base import (Context, Experiment, Plan, cnn_rep, codes_params, describe_preprocess, hoggle_params,
-                   invert_params, layer_lambda, shallow_preprocess, shallow_rep, shallow_unavailable)
+                   invert_params, layer_lambda, options_text, shallow_preprocess, shallow_rep, shallow_unavailable)
 from .report import PAPER_LABEL, Collected, Section, Table, pct
 
 __all__ = ["TABLE1", "TABLE2", "TABLE3", "table1_rows", "table3_rows"]
@@ -307,10 +307,14 @@ class Table3(Experiment):
         c, size = plan.config, info["size"]
         layers = spread(info["usable"], c.max_layers)
         batches = ctx.batches(names, "rgb", "crop", size)
-        plan.add({"experiment": self.name, "kind": "layers", "model": model, "size": size})
+        opts = ctx.model_options(model)
+        plan.add({"experiment": self.name, "kind": "layers", "model": model, "size": size,
+                  **({"model_options": opts} if opts else {})})
         plan.info.setdefault("table3_rule", {})[model] = {b: layer_lambda(info["blocks"], b) for b in layers}
+        if opts:
+            plan.note(self.name, f"{model}: loaded with {options_text(opts)}")
         for layer in layers:
-            rep = cnn_rep(model, layer)
+            rep = cnn_rep(model, layer, opts)
             plan.add(codes_params(self.name, rep, names, batches, mode="rgb", preprocess="crop", size=size))
             for batch in batches:
                 plan.add(invert_params(self.name, rep, batch, mode="rgb", preprocess="crop", size=size,

@@ -11,6 +11,7 @@ experiments (``native``, ``squash`` or ``crop``, a unit parameter).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -83,15 +84,22 @@ def _load_batch(names: Sequence[str], mode: str, preprocess: str, size) -> torch
 # Networks and representations
 # ----------------------------------------------------------------------------------------------
 
-def network(name: str, purpose: str = "compute"):
-    """The named network, cached per process; ``purpose="structure"`` gives a separate copy that
-    stays on the CPU (graph tracing, layer listings) whatever device the units compute on."""
+def _options_key(options: dict | None) -> str | None:
+    """A hashable form of a unit's model options (for the per-process caches)."""
+    return json.dumps(options, sort_keys=True) if options else None
+
+
+def network(name: str, purpose: str = "compute", options: dict | None = None):
+    """The named network, loaded with ``options`` (a unit's model options,
+    :func:`.base.unit_model_options`: keyword arguments of :func:`preimage.models.get_model`),
+    cached per process; ``purpose="structure"`` gives a separate copy that stays on the CPU (graph
+    tracing, layer listings) whatever device the units compute on."""
     def make():
         from ..models import get_model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return get_model(name)
-    return _cached(("model", name, purpose), make)
+            return get_model(name, **(options or {}))
+    return _cached(("model", name, purpose, _options_key(options)), make)
 
 
 def _input_size(preprocess: str, size) -> tuple[int, int] | None:
@@ -104,19 +112,22 @@ def _input_size(preprocess: str, size) -> tuple[int, int] | None:
 
 
 def representation(rep: dict, preprocess: str = "native", size=None):
-    """The representation of a ``rep`` parameter (:func:`.base.shallow_rep`, :func:`.base.cnn_rep`)
-    for images preprocessed as given, built once per process."""
+    """The representation of a ``rep`` parameter (:func:`.base.shallow_rep`, :func:`.base.cnn_rep`,
+    a network layer's with its ``model_options`` when it has them) for images preprocessed as
+    given, built once per process."""
     if rep["type"] == "shallow":
         from ..representations import get_representation
         return _cached(("shallow", rep["name"]), lambda: get_representation(rep["name"]))
     from ..representations.cnn import CNNLayer
     input_size = _input_size(preprocess, size)
 
+    options = rep.get("model_options")
+
     def make():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return CNNLayer(network(rep["model"]), rep["layer"], input_size=input_size)
-    return _cached(("cnn", rep["model"], rep["layer"], input_size), make)
+            return CNNLayer(network(rep["model"], options=options), rep["layer"], input_size=input_size)
+    return _cached(("cnn", rep["model"], rep["layer"], input_size, _options_key(options)), make)
 
 
 def unit_device() -> str:
@@ -277,7 +288,7 @@ def _unit_hoggle(p: dict) -> dict:
 def _unit_layers(p: dict) -> dict:
     """A network's layers (the blocks when it names them): type, output shape, channels, receptive field."""
     from ..representations.cnn import list_layers
-    model = network(p["model"], "structure")
+    model = network(p["model"], "structure", p.get("model_options"))
     size = p.get("size")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

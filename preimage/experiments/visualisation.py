@@ -32,14 +32,15 @@ WHAT = ("channels", "classes", "caricature")
 
 def visualize_params(experiment: str, model: str, layer: str, *, what: str, size: int | None,
                      iterations: int | None, units: Sequence[int] = (), images: Sequence[str] = (),
-                     param: str | None = None, seed: int = 0) -> dict:
+                     param: str | None = None, seed: int = 0, model_options: dict | None = None) -> dict:
     """Parameters of a ``visualize`` unit (see the module docstring). ``iterations`` ``None``:
-    :data:`preimage.visualize.ITERATIONS`; ``param`` ``None``: the function's default."""
+    :data:`preimage.visualize.ITERATIONS`; ``param`` ``None``: the function's default;
+    ``model_options``: how the network loads (:func:`.base.cnn_rep`)."""
     if what not in WHAT:
         raise ValueError(f"what must be one of {WHAT}, not {what!r}")
     if (what == "caricature") != bool(images) or (what != "caricature" and not units):
         raise ValueError("a caricature unit needs images (and no units), the others units")
-    return {"experiment": experiment, "kind": "visualize", "rep": cnn_rep(model, layer), "what": what,
+    return {"experiment": experiment, "kind": "visualize", "rep": cnn_rep(model, layer, model_options), "what": what,
             "units": [int(u) for u in units], "images": list(images), "size": size, "iterations": iterations,
             "param": param, "seed": int(seed)}
 
@@ -88,4 +89,4 @@ def run_visualize_unit(p: dict) -> dict:
 def _network(p: dict):
     """The unit's whole network (for classifying class images), on the CPU copy of :mod:`.units`."""
     from .units import network
-    return network(p["rep"]["model"], "structure")
+    return network(p["rep"]["model"], "structure", p["rep"].get("model_options"))
