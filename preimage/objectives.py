@@ -37,12 +37,10 @@ import torch
 from torch import nn
 
 from .objective import EnergyTerms, _per_sample, alpha_norm, natural_sigma, total_variation
+from .paper import IJCV_BOUND  # re-exported: the default ``bound``
 
 __all__ = ["Objective", "neuron", "channel", "class_logit", "direction", "caricature", "caricature_target",
            "bounded_range", "MaximisationObjective", "IJCV_BOUND"]
-
-#: IJCV 2016's bound ``B = 2σ = 160`` grey levels on each pixel's colour norm (core/get_defaults.m).
-IJCV_BOUND = 160.0
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -319,6 +317,7 @@ class MaximisationObjective(nn.Module):
 
     @property
     def batch_size(self) -> int:
+        """N, the number of samples (restarts × units) this energy prices."""
         return self.target.shape[0]
 
     def bounded(self, u: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,17 @@ CNN_SCHEDULE = ((100, 1.0), (200, 0.1), (100, 0.01))
 SCHEDULES = {"shallow": SHALLOW_SCHEDULE, "cnn": CNN_SCHEDULE}
 
 # ----------------------------------------------------------------------------------------------
+# Visualisation (IJCV 2016, "Visualizing deep convolutional neural networks using natural
+# pre-images", and its code core/get_defaults.m)
+# ----------------------------------------------------------------------------------------------
+
+#: The bound ``B = 2σ = 160`` grey levels on each pixel's colour norm (activation maximisation,
+#: caricatures).
+IJCV_BOUND = 160.0
+#: Iterations of the maximisation and of "enhance" (caricatures): one stage.
+IJCV_ITERATIONS = 300
+
+# ----------------------------------------------------------------------------------------------
 # The depth rule: λ_V by a layer's relative depth (Table 3's bold choices)
 # ----------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ Settings (IJCV 2016 where it says, ``../shared/reference/ijcv2016-nnpreimage.md`
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -53,6 +54,7 @@ import torch
 from .objective import default_lambdas, natural_sigma
 from .objectives import IJCV_BOUND, MaximisationObjective, Objective, caricature as caricature_objective
 from .optim import minimise
+from .paper import IJCV_ITERATIONS
 from .params import get_parameterisation, parameterisation_class
 from .params.pixel import PixelParam
 from .representations.base import Representation, as_representation
@@ -63,7 +65,7 @@ __all__ = ["Visualisation", "visualize", "caricature", "pink_noise", "unit_scale
            "PIXEL_STEP", "ALIGNED_SHARE"]
 
 #: IJCV 2016's iterations for maximisation and enhance (one stage).
-ITERATIONS = 300
+ITERATIONS = IJCV_ITERATIONS
 #: Adam's step for pixels, in grey levels (converted to σ-units per image size).
 PIXEL_STEP = 2.0
 #: Share of the iterations at the end run without jitter.
@@ -125,12 +127,17 @@ def pink_noise(n: int, shape: Sequence[int], seed: int = 0, rms: float = 60.0) -
     return (128.0 + rms * z).clamp(0, 255).float()
 
 
+def _device(module: torch.nn.Module, default: torch.device = torch.device("cpu")) -> torch.device:
+    """The device of ``module``'s first parameter or buffer (``default`` when it has none)."""
+    return next((t.device for t in itertools.chain(module.parameters(), module.buffers())), default)
+
+
 @torch.no_grad()
 def unit_scales(rep: torch.nn.Module, objective: Objective, images: torch.Tensor, batch: int = 8) -> torch.Tensor:
     """``(n,)`` float64: each unit's largest |score| over ``images`` ``(M, C, H, W)`` on 0–255
     (IJCV's M, per unit); a unit silent on all of them gets the median of the others (1 if all
     are silent)."""
-    dev = next((t.device for t in list(rep.parameters()) + list(rep.buffers())), images.device)
+    dev = _device(rep, images.device)
     best = torch.zeros(objective.n, dtype=torch.float64)
     for i in range(0, images.shape[0], batch):
         code = rep(images[i:i + batch].to(dev))
@@ -298,8 +305,7 @@ def visualize(representation: torch.nn.Module, objective: Objective, *, image_sh
         :class:`Visualisation`.
     """
     rep = as_representation(representation)
-    dev = torch.device(device) if device is not None else next(
-        (t.device for t in list(rep.parameters()) + list(rep.buffers())), torch.device("cpu"))
+    dev = torch.device(device) if device is not None else _device(rep)
     rep = rep.to(dev).eval()
     shape = _image_shape(rep, image_shape)
     rep.check_input(torch.zeros((1,) + shape, device=dev))
@@ -354,8 +360,7 @@ def caricature(representation: torch.nn.Module, images: torch.Tensor, **kwargs) 
     images = torch.as_tensor(images, dtype=torch.float32)
     if images.dim() != 4:
         raise ValueError(f"caricature needs images (n, C, H, W), got shape {tuple(images.shape)}")
-    dev = kwargs.get("device") or next((t.device for t in list(rep.parameters()) + list(rep.buffers())),
-                                       torch.device("cpu"))
+    dev = kwargs.get("device") or _device(rep)
     with torch.no_grad():
         codes = rep.to(dev).eval()(images.to(dev))
     kwargs.setdefault("scale", 1.0)

@@ -17,7 +17,7 @@ import json
 
 from ..errors import PreimageError
 from ..params import PARAMETERISATIONS
-from .common import load_input, output_folder, resolve_device
+from .common import load_input, load_model, output_folder, resolve_device
 from .visualize import add_optimisation_arguments, build_layer, optimisation_kwargs
 
 
@@ -29,9 +29,6 @@ def add_caricature_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--layer", required=True, help="layer, or a comma list of layers (see `preimage layers MODEL`)")
     sp.add_argument("--param", choices=sorted(PARAMETERISATIONS), default="pixel",
                     help="image parameterisation: pixel (IJCV's, default), fourier, dip")
-    sp.add_argument("--jitter", default="auto",
-                    help="shift the image by up to N pixels each step; 'auto' (default): a quarter of the "
-                         "layer's stride")
     add_optimisation_arguments(sp)
     sp.set_defaults(func=cmd_caricature)
     return sp
@@ -47,7 +44,8 @@ def cmd_caricature(args) -> int:
     layers = [t.strip() for t in args.layer.split(",") if t.strip()]
     if not layers:
         raise PreimageError("--layer names no layer")
-    reps = [build_layer(args.model, layer, None) for layer in layers]  # unknown layers fail before any work
+    net = load_model(args)  # loaded once, shared by the layers
+    reps = [build_layer(net, layer, None) for layer in layers]  # unknown layers fail before any work
     img, name = load_input(args.image, "rgb", None)
     shape = reps[0][1]
     img = resize_and_crop(img, shape[1:]).clamp(0, 255)

@@ -196,12 +196,14 @@ class Target:
     info: dict = field(default_factory=dict)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    """``"64,72"`` or ``"64x72"`` → ``(64, 72)``."""
+def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
+    """``"64,72"`` or ``"64x72"`` → ``(64, 72)`` (positive); :class:`PreimageError` naming ``flag``."""
     try:
         h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
     except ValueError:
-        raise PreimageError(f"--image-size must be H,W, got {text!r}") from None
+        raise PreimageError(f"{flag} must be H,W, got {text!r}") from None
+    if min(h, w) < 1:
+        raise PreimageError(f"{flag} must be H,W, got {text!r}")
     return h, w
 
 
@@ -231,7 +233,7 @@ def build_target(args) -> Target:
     mode = "rgb" if getattr(args, "colour", False) and rep_name != "dsift" else "grey"
     size = getattr(args, "image_size", None)
     if getattr(args, "code", None) and args.image is None and size:
-        h, w = _parse_size(size)
+        h, w = parse_size(size)
         img, name = torch.full((3 if mode == "rgb" else 1, h, w), 128.0), Path(args.code).stem
     else:
         img, name = load_input(args.image, mode, args.max_side)

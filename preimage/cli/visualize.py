@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 
 from ..errors import PreimageError, UnknownNameError
+from ..paper import IJCV_BOUND, IJCV_ITERATIONS
 from ..params import PARAMETERISATIONS
-from .common import add_device_argument, output_folder, parse_floats, resolve_device
+from .common import add_device_argument, load_model, output_folder, parse_floats, parse_size, resolve_device
 
 
 def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,9 +37,6 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                     help="maximise a class logit: an ImageNet label or its index (repeatable)")
     sp.add_argument("--param", choices=sorted(PARAMETERISATIONS), default="fourier",
                     help="image parameterisation: fourier (default), pixel (IJCV's), dip")
-    sp.add_argument("--jitter", default="auto",
-                    help="shift the image by up to N pixels each step; 'auto' (default): a quarter of the "
-                         "layer's stride")
     add_optimisation_arguments(sp)
     sp.add_argument("--restarts", type=int, default=1, help="random restarts per unit (the best is shown)")
     sp.add_argument("--size", help="image size H,W (default: the network's input size)")
@@ -47,13 +45,18 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_optimisation_arguments(sp: argparse.ArgumentParser) -> None:
-    """The flags ``visualize`` and ``caricature`` share: iterations, rate, priors, seed, device, output."""
-    sp.add_argument("--iters", type=int, default=300, help="iterations (default 300, IJCV's)")
+    """The flags ``visualize`` and ``caricature`` share: jitter, iterations, rate, priors, seed, device, output."""
+    sp.add_argument("--jitter", default="auto",
+                    help="shift the image by up to N pixels each step; 'auto' (default): a quarter of the "
+                         "layer's stride")
+    sp.add_argument("--iters", type=int, default=IJCV_ITERATIONS,
+                    help=f"iterations (default {IJCV_ITERATIONS}, IJCV's)")
     sp.add_argument("--lr", type=float, help="Adam's rate (default: per parameterisation)")
     sp.add_argument("--lambda-tv", help="TV weight (default: the inversion's for this layer and size)")
     sp.add_argument("--lambda-alpha", help="α-norm weight (default: the inversion's)")
-    sp.add_argument("--bound", type=float, default=160.0,
-                    help="largest colour deviation of a pixel from the mean, grey levels (IJCV: 160; 0: none)")
+    sp.add_argument("--bound", type=float, default=IJCV_BOUND,
+                    help=f"largest colour deviation of a pixel from the mean, grey levels (IJCV: {IJCV_BOUND:g}; "
+                         "0: none)")
     sp.add_argument("--seed", type=int, default=0)
     add_device_argument(sp)
     sp.add_argument("--out", default="preimage-out", help="output folder (default ./preimage-out)")
@@ -118,18 +121,13 @@ def resolve_class(text: str) -> tuple[int, str]:
     raise UnknownNameError(f"unknown class {text!r}{hint} (see imagenet_labels.txt)")
 
 
-def build_layer(model_name: str, layer: str, size: str | None):
-    """The :class:`~preimage.representations.cnn.CNNLayer` and image shape ``(3, H, W)``."""
-    from ..models import get_model
+def build_layer(net, layer: str, size: str | None):
+    """The :class:`~preimage.representations.cnn.CNNLayer` of layer ``layer`` of ``net`` (the
+    model of :func:`~preimage.cli.common.load_model`) at ``--size`` ``H,W``, and the image shape
+    ``(3, H, W)``."""
     from ..representations.cnn import CNNLayer
-    hw = None
-    if size:
-        try:
-            hw = tuple(int(v) for v in size.lower().replace("x", ",").split(","))
-            assert len(hw) == 2 and min(hw) > 0
-        except (ValueError, AssertionError):
-            raise PreimageError(f"--size must be H,W, got {size!r}") from None
-    rep = CNNLayer(get_model(model_name), layer, input_size=hw)
+    hw = parse_size(size, "--size") if size else None
+    rep = CNNLayer(net, layer, input_size=hw)
     h, w = hw or tuple(rep.input_size or (224, 224))
     return rep, (3, h, w)
 
@@ -200,7 +198,7 @@ def cmd_visualize(args) -> int:
     layer = args.layer or ("logits" if args.classes else None)
     if not layer:
         raise PreimageError("--layer NAME is needed (see `preimage layers MODEL`), or --class for class images")
-    rep, shape = build_layer(args.model, layer, args.size)
+    rep, shape = build_layer(load_model(args), layer, args.size)
     objective = _objective(args, rep)
     vis = visualize(rep, objective, image_shape=shape, restarts=args.restarts, param=args.param, jitter=args.jitter,
                     device=device, **optimisation_kwargs(args))

@@ -300,7 +300,7 @@ def unit_model_options(preprocess=None, weights=None, input_size=None, model_dir
     ``model_dir``: a folder or a list of them (absolute paths). Raises
     :class:`~preimage.errors.PreimageError` for an invalid setting.
     """
-    from ..models.preprocess import make_preprocessing
+    from ..models.preprocess import parse_input_size
     out: dict[str, Any] = {}
     prep = _preprocess_option(preprocess)
     if prep:
@@ -309,7 +309,7 @@ def unit_model_options(preprocess=None, weights=None, input_size=None, model_dir
         w = Path(str(weights)).expanduser()
         out["weights"] = str(w.resolve()) if w.exists() else str(weights)
     if input_size is not None:
-        out["input_size"] = list(make_preprocessing("raw", input_size=input_size).input_size)
+        out["input_size"] = list(parse_input_size(input_size))
     dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir or [])
     if dirs:
         out["model_dir"] = [str(Path(str(d)).expanduser().resolve()) for d in dirs]

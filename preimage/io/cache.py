@@ -78,8 +78,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 array → PNG bytes."""
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 array → PNG bytes (zlib ``compress_level``
+    0–9: 6 is Pillow's default, 1 the fastest)."""
     from PIL import Image
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
@@ -87,7 +88,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..errors import PreimageError, UnknownNameError
 from .onnx import load_onnx
-from .paths import MODEL_SUFFIXES, ModelNotFoundError, find_model_file, search_path
-from .preprocess import Preprocessing, make_preprocessing
+from .paths import MODEL_SUFFIXES, ModelNotFoundError, describe_search_path, find_model_file
+from .preprocess import Preprocessing, make_preprocessing, parse_input_size
 
 __all__ = ["get_model", "load_onnx", "model_kind", "model_settings", "MODEL_NAMES", "TORCHVISION_PREFIX",
            "MOBILENET_MODEL_NAMES"]
@@ -78,7 +78,7 @@ def _locate(raw: str, model_dir) -> Path:
         found = find_model_file(n, model_dir)
         if found is not None:
             return found
-    where = "; ".join(f"{d} ({why})" for d, why in search_path(model_dir))
+    where = describe_search_path(model_dir)
     if p.suffix.lower() in MODEL_SUFFIXES:
         raise ModelNotFoundError(f"model file {raw!r} not found in the current folder nor in: {where}")
     raise UnknownNameError(f"unknown model {raw!r}; valid names: {', '.join(MODEL_NAMES)}, "
@@ -110,7 +110,7 @@ def _from_file(kind: str, path: Path, weights, prep, input_size, **kwargs) -> nn
     from .tflite import import_tflite
     net = import_tflite(path, preprocessing=prep, **kwargs)
     if input_size is not None:
-        net.input_size = make_preprocessing("raw", input_size=input_size).input_size
+        net.input_size = parse_input_size(input_size)
     return net
 
 
@@ -120,7 +120,7 @@ def _from_factory(spec: str, weights, prep, input_size) -> nn.Module:
     if weights is not None:
         load_weights_into(net, weights)
     prep = prep or make_preprocessing("torchvision")
-    size = make_preprocessing("raw", input_size=input_size).input_size if input_size is not None else \
+    size = parse_input_size(input_size) if input_size is not None else \
         tuple(getattr(net, "input_size", None) or (224, 224))
     return with_preprocessing(net, make_preprocessing(prep, input_size=size), size)
 
@@ -167,7 +167,7 @@ def get_model(name: str, weights=None, *, model_dir=None, preprocess=None, input
         kind = model_kind(path)
         model = _from_file(kind, path, weights, prep, input_size, **kwargs)
     if input_size is not None and kind in ("named", "torchvision"):
-        model.input_size = make_preprocessing("raw", input_size=input_size).input_size
+        model.input_size = parse_input_size(input_size)
     for attr in ("input_size", "mean_pixel"):
         if not hasattr(model, attr):  # pragma: no cover - every builder sets them
             raise AttributeError(f"model {name!r} lacks the {attr!r} attribute")

@@ -14,6 +14,7 @@ a file format: weights travel as safetensors).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch.fx as fx
@@ -36,6 +37,17 @@ class PicklableGraphModule(fx.GraphModule):
 
     _pickled_attrs: tuple[str, ...] = ()
 
+    def __deepcopy__(self, memo):
+        res = super().__deepcopy__(memo)
+        self._copy_attrs_to(res, memo)
+        return res
+
+    def _copy_attrs_to(self, other: fx.GraphModule, memo: dict | None = None) -> None:
+        """Deep-copy this module's ``_pickled_attrs`` onto ``other``."""
+        for k in self._pickled_attrs:
+            if k in self.__dict__:
+                setattr(other, k, copy.deepcopy(self.__dict__[k], memo))
+
     def __reduce__(self):
         def ref(n: fx.Node) -> _NodeRef:
             return _NodeRef(n.name)
@@ -49,8 +61,13 @@ class PicklableGraphModule(fx.GraphModule):
                     obj = getattr(obj, part)
                 owned[n.target] = obj
         attrs = {k: self.__dict__[k] for k in self._pickled_attrs if k in self.__dict__}
-        base = next(c for c in type(self).__mro__ if "<locals>" not in c.__qualname__)
+        base = _declared_class(self)
         return _rebuild, (base, type(self).__name__, owned, nodes, attrs, self.training)
+
+
+def _declared_class(gm: fx.GraphModule) -> type:
+    """``gm``'s class as declared (fx gives each GraphModule instance its own local subclass)."""
+    return next(c for c in type(gm).__mro__ if "<locals>" not in c.__qualname__)
 
 
 def _rebuild(cls: type, class_name: str, owned: dict, nodes: list, attrs: dict, training: bool) -> PicklableGraphModule:
@@ -83,8 +100,9 @@ def _rebuild(cls: type, class_name: str, owned: dict, nodes: list, attrs: dict, 
 def truncate_graph_module(gm: fx.GraphModule, target: fx.Node, cls: type = PicklableGraphModule,
                           class_name: str = "Truncated") -> fx.GraphModule:
     """A new ``cls`` module computing ``gm`` up to its node ``target`` (the new output): the
-    nodes after it and those it does not need are removed, node names are kept, and submodules
-    and parameters are shared with ``gm``.
+    nodes after it and those it does not need are removed, node names are kept, submodules
+    and parameters are shared with ``gm``, and, when ``cls`` is ``gm``'s class,
+    ``gm``'s ``_pickled_attrs`` are deep-copied.
 
     The graph is copied node by node into a fresh graph and the module built before dead-code
     elimination, which needs the graph's owning module (a deep-copied graph has none).
@@ -105,4 +123,6 @@ def truncate_graph_module(gm: fx.GraphModule, target: fx.Node, cls: type = Pickl
     out.graph.lint()
     out.recompile()
     out.delete_all_unused_submodules()
+    if isinstance(gm, PicklableGraphModule) and _declared_class(gm) is cls:  # same class: same metadata
+        gm._copy_attrs_to(out)
     return out

@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..data import ENV_VAR as DATA_ENV_VAR
 from ..data import shared_dir
 from ..errors import PreimageError
 
 __all__ = ["MODELS_ENV_VAR", "ModelFile", "MODEL_FILES", "ModelNotFoundError", "search_path", "find_model_file",
-           "user_model_dir", "missing_message", "MODEL_SUFFIXES", "list_model_files", "named_model_files"]
+           "user_model_dir", "missing_message", "describe_search_path", "MODEL_SUFFIXES", "list_model_files",
+           "named_model_files"]
 
 #: Environment variable naming extra model folders (``os.pathsep``-separated).
 MODELS_ENV_VAR = "PREIMAGE_MODELS"
@@ -97,9 +98,10 @@ def search_path(model_dir: str | os.PathLike | Sequence | None = None) -> list[t
     return unique
 
 
-def _describe(folders: Iterable[tuple[Path, str]]) -> str:
+def describe_search_path(model_dir=None) -> str:
+    """The folders of :func:`search_path` as one line for messages: ``folder (origin[, missing]); …``."""
     parts = []
-    for p, why in folders:
+    for p, why in search_path(model_dir):
         state = "" if p.is_dir() else ", missing"
         parts.append(f"{p} ({why}{state})")
     return "; ".join(parts)
@@ -108,7 +110,7 @@ def _describe(folders: Iterable[tuple[Path, str]]) -> str:
 def missing_message(name: str, files: Sequence[ModelFile], model_dir=None) -> str:
     """The one-line message for a named model whose ``files`` are not found: where it looked and
     how to get them."""
-    where = _describe(search_path(model_dir))
+    where = describe_search_path(model_dir)
     get = ", ".join(f"{f.name} from {f.url} ({f.licence})" for f in files)
     return (f"model {name!r} needs {', '.join(f.name for f in files)}, found in none of: {where}. "
             f"Download {get} into {user_model_dir()} (or any folder given with --model-dir or "

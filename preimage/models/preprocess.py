@@ -29,7 +29,7 @@ import torch
 
 from ..errors import PreimageError
 
-__all__ = ["Preprocessing", "PRESETS", "make_preprocessing", "parse_triple", "PreprocessingError"]
+__all__ = ["Preprocessing", "PRESETS", "make_preprocessing", "parse_input_size", "parse_triple", "PreprocessingError"]
 
 
 class PreprocessingError(PreimageError, ValueError):
@@ -113,7 +113,9 @@ def parse_triple(value, what: str) -> tuple[float, float, float]:
     return tuple(vals)  # type: ignore[return-value]
 
 
-def _size(value) -> tuple[int, int] | None:
+def parse_input_size(value) -> tuple[int, int] | None:
+    """An input size ``(H, W)`` (positive) from ``(H, W)``, ``"H,W"``, ``"HxW"`` or one number
+    (square); ``None`` stays ``None``. Raises :class:`PreprocessingError`."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -182,7 +184,7 @@ def make_preprocessing(preset: str | Preprocessing | None = None, *, order: str 
         if any(not v > 0 for v in changes["std"]):
             raise PreprocessingError(f"std must be positive, got {std!r}")
     if input_size is not None:
-        changes["input_size"] = _size(input_size)
+        changes["input_size"] = parse_input_size(input_size)
     return replace(base, **changes)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 import threading
 import time
 from collections import OrderedDict
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import eval_images
 from ..errors import PreimageError, UnknownNameError
 from ..io.artefacts import inversion_pictures, picture_name, write_inversion
+from ..io.cache import png_bytes
 from ..io.images import default_image, limit_side, load_image, resize, save_image, stretch, to_uint8
 from ..masks import code_mask
 from ..objective import InversionObjective, alpha_norm, total_variation
@@ -227,10 +226,8 @@ def frame_png(images: torch.Tensor, restarts: int, settings: int, pad: int = 2) 
     for b in range(shown.shape[0]):
         r, k = divmod(b, settings)
         canvas[:, r * (h + pad):r * (h + pad) + h, k * (w + pad):k * (w + pad) + w] = shown[b]
-    arr = to_uint8(canvas)
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if c == 1 else arr).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    png = png_bytes(to_uint8(canvas), compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _write(run_dir: Path, result, rep: Representation, img: torch.Tensor, info: dict,

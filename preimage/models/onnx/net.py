@@ -8,7 +8,6 @@ any node, keeping the metadata that still applies.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch.fx as fx
@@ -41,13 +40,6 @@ class OnnxNet(PicklableGraphModule):
 
     _pickled_attrs = _META_ATTRS
 
-    def __deepcopy__(self, memo):
-        res = super().__deepcopy__(memo)
-        for k in _META_ATTRS:
-            if k in self.__dict__:
-                setattr(res, k, copy.deepcopy(self.__dict__[k], memo))
-        return res
-
     def node(self, name: str) -> fx.Node:
         """The graph node of layer ``name`` (or an alias); UnknownNameError listing the layers."""
         name = self.layer_aliases.get(name, name)
@@ -62,9 +54,6 @@ class OnnxNet(PicklableGraphModule):
         (weights shared with this module)."""
         res = truncate_graph_module(self, self.node(name), OnnxNet, "OnnxNet")
         kept = {n.name for n in res.graph.nodes}
-        for k in _META_ATTRS:
-            if k in self.__dict__:
-                setattr(res, k, copy.deepcopy(self.__dict__[k]))
         res.layer_names = [n for n in self.layer_names if n in kept]
         res.layer_aliases = {k: v for k, v in self.layer_aliases.items() if v in kept}
         res.onnx_names = {k: v for k, v in self.onnx_names.items() if k in kept}

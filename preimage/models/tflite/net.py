@@ -9,7 +9,6 @@ metadata that still applies.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch.fx as fx
@@ -48,13 +47,6 @@ class TFLiteNet(PicklableGraphModule):
 
     _pickled_attrs = _META_ATTRS
 
-    def __deepcopy__(self, memo):
-        res = super().__deepcopy__(memo)
-        for k in _META_ATTRS:
-            if k in self.__dict__:
-                setattr(res, k, copy.deepcopy(self.__dict__[k], memo))
-        return res
-
     def node(self, name: str) -> fx.Node:
         """The graph node called ``name`` (raises UnknownNameError listing the layer names)."""
         for n in self.graph.nodes:
@@ -69,9 +61,6 @@ class TFLiteNet(PicklableGraphModule):
         eliminate dead code). Weights are shared with this module."""
         res = truncate_graph_module(self, self.node(name), TFLiteNet, "TFLiteNet")  # node() validates
         kept = {n.name for n in res.graph.nodes}
-        for k in _META_ATTRS:
-            if k in self.__dict__:
-                setattr(res, k, copy.deepcopy(self.__dict__[k]))
         res.layer_names = [n for n in self.layer_names if n in kept]
         res.block_names = [n for n in self.block_names if n in kept]
         res.quant_params = {k: v for k, v in self.quant_params.items() if k in kept}
