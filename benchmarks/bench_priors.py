@@ -38,7 +38,8 @@ the JSON its wall seconds and the cost ratio too.
 ``:key=value`` options: ``lr`` (Adam's rate), ``tv`` (factor on the depth's λ_V), ``alpha``
 (factor on λ_α), ``sched`` (``cnn``: the paper's staged schedule rescaled to K iterations; ``const``:
 one rate throughout; ``anneal``: :data:`ANNEAL` rescaled), ``optimiser``
-(``adam``, ``lbfgs``, ``momentum``), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), e.g.
+(``adam``, ``lbfgs``, ``momentum``), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), ``margin`` (grey levels the
+sigmoid's range extends beyond 0–255), e.g.
 ``fourier:lr=0.02``, ``fourier+jitter:lr=0.05:tv=0.1``. The spec string is the method's label.
 
 **Columns** per (block, method), means over the N images: the normalised error in the paper's
@@ -137,7 +138,7 @@ class Method:
 
 def _option(key: str, value: str):
     """A spec option's value, typed."""
-    if key in ("lr", "tv", "alpha"):
+    if key in ("lr", "tv", "alpha", "margin"):
         return float(value)
     if key == "bounded":
         return value.strip().lower() in ("1", "true", "yes")
@@ -151,7 +152,7 @@ def _option(key: str, value: str):
         if value not in ("adam", "lbfgs", "momentum"):
             raise ValueError(f"optimiser must be adam, lbfgs or momentum, not {value!r}")
         return value
-    raise ValueError(f"unknown option {key!r}; valid: lr, tv, alpha, sched, jitter, bounded, optimiser")
+    raise ValueError(f"unknown option {key!r}; valid: lr, tv, alpha, sched, jitter, bounded, margin, optimiser")
 
 
 def parse_method(spec: str) -> Method:
@@ -246,6 +247,12 @@ def _schedule(m: Method, iterations: int):
     return "cnn", int(iterations)
 
 
+def param_options(m: Method) -> dict:
+    """The parameterisation's keyword arguments of method ``m``: the sigmoid and its margin, always
+    spelt out (the class's ``recommended_options`` would fill what is left out)."""
+    return {"bounded": bool(m.bounded), "margin": float(m.settings.get("margin") or 0.0)}
+
+
 def run_transformed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int, seed: int = 0) -> torch.Tensor:
     """Method ``m`` with :func:`lucent_transforms` at every step, through ``minimise``:
     reconstructions ``(N, C, H, W)`` on 0–255 (not clipped)."""
@@ -256,7 +263,7 @@ def run_transformed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int, 
     obj = InversionObjective(rep, target, shape, lambda_alpha=lam_alpha, lambda_tv=lam_tv,
                              mean_pixel=rep.mean_pixel)
     param = get_parameterisation(m.param, shape, x.shape[0], mean_pixel=rep.mean_pixel, sigma=obj.sigma,
-                                 **({"bounded": True} if m.bounded else {}))
+                                 **param_options(m))
     param = param.init(seed, restarts=torch.zeros(x.shape[0], dtype=torch.long))
     schedule, its = _schedule(m, iterations)
     t, gen = lucent_transforms(), torch.Generator().manual_seed(seed)
@@ -276,7 +283,7 @@ def run_method(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None
         return res.reconstructions[:, 0, 0]
     lam_alpha, lam_tv = lambdas(rep, tuple(x.shape[1:]), m)
     schedule, its = _schedule(m, iterations)
-    res = invert(rep, x, param=m.param, param_options={"bounded": True} if m.bounded else None,
+    res = invert(rep, x, param=m.param, param_options=param_options(m),
                  method=m.optimiser, lr=m.lr, schedule=schedule, iterations=its, lambda_tv=lam_tv,
                  lambda_alpha=lam_alpha, jitter=m.jitter, progress=False, seed=seed)
     return res.reconstructions[:, 0, 0]

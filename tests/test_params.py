@@ -145,6 +145,27 @@ def test_sigma_output_unbounded_and_bounded():
         SigmaOutput(shape, bounded=True, mean_pixel=0.0)
 
 
+def test_sigma_output_margin_widens_the_range_and_keeps_slope_one():
+    shape = (3, 8, 8)
+    sigma = natural_sigma(shape)
+    mp = (120.0, 110.0, 100.0)
+    out = SigmaOutput(shape, bounded=True, mean_pixel=mp, margin=20.0)
+    assert torch.allclose(out(torch.zeros((1,) + shape)), torch.zeros((1,) + shape), atol=1e-6)
+    eps = 1e-2
+    assert torch.allclose(out(torch.full((1,) + shape, eps)) * sigma, torch.full((1,) + shape, eps),
+                          rtol=1e-3)
+    big = torch.tensor([-1e6, 1e6]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    image = torch.tensor(mp).view(1, 3, 1, 1) + sigma * out(big)
+    assert torch.allclose(image[..., 0], torch.full((1, 3, 1), -20.0), atol=1e-3)
+    assert torch.allclose(image[..., 1], torch.full((1, 3, 1), 275.0), atol=1e-3)
+    # 0 and 255 are reached with finite fields (the point of the margin)
+    y = torch.tensor([-400.0, 400.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    image = torch.tensor(mp).view(1, 3, 1, 1) + sigma * out(y)
+    assert (image[..., 0] < 0).all() and (image[..., 1] > 255).all()
+    with pytest.raises(ValueError, match="margin"):
+        SigmaOutput(shape, bounded=True, margin=-1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # fourier
 # ---------------------------------------------------------------------------------------------

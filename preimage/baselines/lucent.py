@@ -13,7 +13,7 @@ from __future__ import annotations
 #: invert() keyword arguments of the lucent configuration (iterations: give the budget's).
 LUCENT = {
     "param": "fourier",
-    "param_options": {"bounded": True},
+    "param_options": {"bounded": True, "margin": 0.0},
     "method": "adam",
     "lr": 5e-2,
     "lambda_tv": 0.0,

@@ -28,11 +28,12 @@ parameters
     Sample-major: for every parameter ``q``, ``q.view(N, -1)[n]`` holds sample n's values and
     nothing else, so a caller can reset, rescale or back off one sample's parameters (or its
     optimiser state) alone, as :func:`preimage.optim.minimise` does with ``u`` today.
-``recommended_optimiser``, ``recommended_lr``, ``recommended_schedule``, ``prior_scale``
+``recommended_optimiser``, ``recommended_lr``, ``recommended_schedule``, ``prior_scale``, ``recommended_options``
     What :func:`preimage.invert.invert` uses when not told otherwise: the optimiser
     (``"momentum"``: :func:`preimage.optim.minimise`'s, or ``"adam"``), its base rate, its
-    schedule (stages ``((iterations, rate factor), …)``, rescaled to the run's iterations), and a
-    factor on the representation's default λ_α and λ_V. ``None`` as the rate or schedule means
+    schedule (stages ``((iterations, rate factor), …)``, rescaled to the run's iterations), a
+    factor on the representation's default λ_α and λ_V, and constructor keyword arguments (a
+    caller's ``param_options`` override them key by key). ``None`` as the rate or schedule means
     the representation's own (the paper's). Declared per class, calibrated on ``train/``
     (``benchmarks/bench_priors.py``).
 """
@@ -83,6 +84,7 @@ class Parameterisation(nn.Module):
     recommended_lr: ClassVar[float | None] = None
     recommended_schedule: ClassVar[tuple[tuple[int, float], ...] | None] = None
     prior_scale: ClassVar[float] = 1.0
+    recommended_options: ClassVar[dict] = {}
 
     def __init__(self, shape: Sequence[int], n: int):
         super().__init__()
@@ -113,8 +115,10 @@ class SigmaOutput(nn.Module):
     pixel, 0–255 scale) into ``u`` in σ-units.
 
     Unbounded (default): ``u = y/σ``. Bounded (lucent's sigmoid image): the image is
-    ``255·sigmoid(logit(m/255) + y/g)`` with ``g = 255·s(1−s)``, ``s = m/255``, so it stays in
-    (0, 255), equals the mean pixel ``m`` at ``y = 0`` and has slope 1 there; ``u = (image − m)/σ``.
+    ``lo + (hi − lo)·sigmoid(logit(s) + y/g)`` on the range ``(lo, hi) = (−margin, 255 + margin)``,
+    with ``s = (m − lo)/(hi − lo)`` and ``g = (hi − lo)·s(1−s)``, so it stays in the range, equals
+    the mean pixel ``m`` at ``y = 0`` and has slope 1 there; ``u = (image − m)/σ``. A margin lets
+    the image reach the saturated pixels (0 and 255) of real photographs with finite parameters.
 
     Args:
         shape: ``(C, H, W)``.
@@ -122,32 +126,39 @@ class SigmaOutput(nn.Module):
         mean_pixel: ``m``, a value or C values on 0–255 (the representation's ``mean_pixel``);
             used only when bounded.
         sigma: σ; default :func:`natural_sigma` of ``shape``.
+        margin: grey levels the bounded range extends beyond 0–255 on each side (≥ 0).
     """
 
     def __init__(self, shape: Sequence[int], bounded: bool = False,
-                 mean_pixel: float | Sequence[float] = 128.0, sigma: float | None = None):
+                 mean_pixel: float | Sequence[float] = 128.0, sigma: float | None = None,
+                 margin: float = 0.0):
         super().__init__()
         c = int(shape[0])
         self.bounded = bool(bounded)
         self.sigma = float(sigma) if sigma is not None else natural_sigma(shape)
+        self.margin = float(margin)
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be a non-negative number of grey levels, got {margin}")
         m = torch.as_tensor(mean_pixel, dtype=torch.float64).flatten()
         if m.numel() not in (1, c):
             raise ValueError(f"mean_pixel has {m.numel()} values for {c} channels")
         if ((m <= 0) | (m >= 255)).any():
             raise ValueError(f"mean_pixel must lie strictly inside (0, 255), got {m.tolist()}")
-        s = m / 255.0
+        lo, span = -self.margin, 255.0 + 2 * self.margin
+        s = (m - lo) / span
         self.register_buffer("mean_pixel", m.float().view(1, -1, 1, 1))
         self.register_buffer("offset", torch.logit(s).float().view(1, -1, 1, 1))
-        self.register_buffer("gain", (255.0 * s * (1 - s)).float().view(1, -1, 1, 1))
+        self.register_buffer("gain", (span * s * (1 - s)).float().view(1, -1, 1, 1))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` ``(N, C, H, W)`` grey levels → ``u`` ``(N, C, H, W)`` σ-units."""
         if not self.bounded:
             return y / self.sigma
-        image = 255.0 * torch.sigmoid(self.offset + y / self.gain)
+        span = 255.0 + 2 * self.margin
+        image = span * torch.sigmoid(self.offset + y / self.gain) - self.margin
         return (image - self.mean_pixel) / self.sigma
 
     def extra_repr(self) -> str:
         """Whether bounded, and σ, for ``print(module)``."""
-        return f"bounded={self.bounded}, sigma={self.sigma:.6g}"
+        return f"bounded={self.bounded}, margin={self.margin:g}, sigma={self.sigma:.6g}"
 

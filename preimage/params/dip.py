@@ -122,7 +122,7 @@ class DIPParam(Parameterisation):
         channels: channels of each level, from the finest (its length is the number of levels).
         skip: channels of each skip branch (0: none).
         noise_channels: channels of the fixed input noise.
-        bounded, mean_pixel, sigma: see :class:`~preimage.params.base.SigmaOutput`.
+        bounded, mean_pixel, sigma, margin: see :class:`~preimage.params.base.SigmaOutput`.
     """
 
     name = "dip"
@@ -133,7 +133,8 @@ class DIPParam(Parameterisation):
 
     def __init__(self, shape: Sequence[int], n: int, *, channels: Sequence[int] = (8, 16, 32, 64, 64),
                  skip: int = 4, noise_channels: int = 8, bounded: bool = False,
-                 mean_pixel: float | Sequence[float] = 128.0, sigma: float | None = None):
+                 mean_pixel: float | Sequence[float] = 128.0, sigma: float | None = None,
+                 margin: float = 0.0):
         super().__init__(shape, n)
         c, h, w = self.shape
         self.channels = tuple(int(k) for k in channels)
@@ -156,7 +157,7 @@ class DIPParam(Parameterisation):
                                           GroupedBlock(n, ci, ci, k=1)))
             c_in = ci
         self.last = GroupedConv(n, self.channels[0], c, k=1)
-        self.output = SigmaOutput(self.shape, bounded, mean_pixel, sigma)
+        self.output = SigmaOutput(self.shape, bounded, mean_pixel, sigma, margin)
 
     def _convs(self) -> list[GroupedConv]:
         return [m for m in self.modules() if isinstance(m, GroupedConv)]
