@@ -40,7 +40,7 @@ from .errors import InvalidTargetError
 from .io.images import group_by_shape
 from .metrics import relative_error
 from .objective import InversionObjective, check_target, default_lambdas, natural_sigma
-from .optim import make_schedule, minimise
+from .optim import DEFAULT_WINDOW, make_schedule, minimise
 from .paper import LAMBDA_TV
 from .params import get_parameterisation, parameterisation_class
 from .transforms import Jitter, decay, jitter_for_stride
@@ -251,6 +251,8 @@ class _Problem:
     param: str = "pixel"
     param_options: dict = field(default_factory=dict)
     jitter: int = 1
+    tol: float | None = None
+    window: int = DEFAULT_WINDOW
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -294,11 +296,12 @@ def _chunk_variables(p: _Problem, n: int, restarts: torch.Tensor, sigma: float, 
 def _optimise(p: _Problem, chunk: int, seed: int, dev: torch.device, dtype: torch.dtype,
               progress: bool | str, checkpoint: str | Path | None):
     """Run the samples in chunks of ``chunk``: ``(u (total, C, H, W), energy terms each (total,),
-    halvings (total,))``."""
+    halvings (total,), iterations used (total,))``."""
     idx_n, idx_r, idx_k = p.indices()
     total = idx_n.numel()
     u_out = torch.empty((total,) + p.image_shape, dtype=dtype, device=dev)
     halvings = torch.zeros(total, dtype=torch.long)
+    used = torch.zeros(total, dtype=torch.long)
     energy = {key: torch.empty(total, dtype=torch.float64) for key in ("data", "alpha", "tv", "total")}
     for c0 in range(0, total, chunk):
         sl = slice(c0, min(total, c0 + chunk))
@@ -316,20 +319,22 @@ def _optimise(p: _Problem, chunk: int, seed: int, dev: torch.device, dtype: torc
         variables = _chunk_variables(p, sl.stop - sl.start, br, obj.sigma, seed, dev, dtype)
         res = minimise(obj, variables, lr=lrs[0] if len(set(lrs)) == 1 else lrs, schedule=p.stages,
                        method=p.method, progress=desc if progress else False, checkpoint=ck,
-                       transform=_transform(p.jitter, sum(n for n, _ in p.stages), seed + c0))
+                       transform=_transform(p.jitter, sum(n for n, _ in p.stages), seed + c0),
+                       tol=p.tol, window=p.window)
         u_out[sl] = res.u
         halvings[sl] = res.backoffs
+        used[sl] = res.iterations_used
         for key in energy:
             energy[key][sl] = torch.tensor(res.energy[key], dtype=torch.float64)
     if int(halvings.sum()):
         warnings.warn(f"{int((halvings > 0).sum())} of {total} optimisations diverged and were resumed with "
                       f"their learning rate halved (up to {int(halvings.max())} times); pass a smaller lr "
                       f"to avoid the lost iterations", RuntimeWarning, stacklevel=3)
-    return u_out, energy, halvings
+    return u_out, energy, halvings, used
 
 
 def _assemble(p: _Problem, u: torch.Tensor, energy: dict[str, torch.Tensor], halvings: torch.Tensor,
-              chunk: int, seed: int, seconds: float) -> Inversion:
+              used: torch.Tensor, chunk: int, seed: int, seconds: float) -> Inversion:
     """The :class:`Inversion` of the optimised samples ``u`` ``(total, C, H, W)``."""
     dev, dtype = u.device, u.dtype
     sigma = natural_sigma(p.image_shape)
@@ -345,7 +350,8 @@ def _assemble(p: _Problem, u: torch.Tensor, energy: dict[str, torch.Tensor], hal
                     schedule=[list(s) for s in p.stages], lr=p.rates, method=p.method, seed=seed,
                     param=p.param, param_options=dict(p.param_options), jitter=p.jitter,
                     sigma=sigma, masked=p.mask is not None, iterations=sum(s[0] for s in p.stages),
-                    lr_halvings=halvings.view(shape3).tolist())
+                    lr_halvings=halvings.view(shape3).tolist(), tol=p.tol, window=p.window,
+                    iterations_used=used.view(shape3).tolist())
     return Inversion(
         reconstructions=recon.detach().cpu().view(shape3 + p.image_shape),
         targets=p.target.detach().cpu(),
@@ -366,7 +372,8 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
            seed: int = 0, device: str | torch.device | None = None, progress: bool | str = True,
            checkpoint: str | Path | None = None, max_batch: int | None = None,
            dtype: torch.dtype = torch.float32, param: str | None = None, param_options: dict | None = None,
-           jitter: int | str | None = None) -> Inversion:
+           jitter: int | str | None = None, tol: float | None = None,
+           window: int = DEFAULT_WINDOW) -> Inversion:
     """Reconstruct images from their codes.
 
     Args:
@@ -395,13 +402,16 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
         param: the image's parameterisation, ``"pixel"`` (the paper's), ``"fourier"`` or ``"dip"``
             (:func:`preimage.params.get_parameterisation`); ``None``: the representation's
             declared ``param`` (pixels for HOG/DSIFT, Fourier for CNN layers); ``param_options``
-            its keyword arguments (e.g. ``{"bounded": True}``).
+            its keyword arguments (e.g. ``{"bounded": False}``), over the class's
+            ``recommended_options``.
         jitter: the data term sees the image shifted by up to this many pixels, the shift drawn
             each step, for the first :data:`JITTER_UNTIL` of the iterations (IJCV 2016);
             ``"auto"``: a quarter of the code's stride (:func:`resolve_jitter`); None or 1: none.
+        tol, window: per-sample early stopping, see :func:`preimage.optim.minimise` (None: off).
     Returns:
         :class:`Inversion`; its ``settings["lr_halvings"]`` ``(N, R, K)`` counts the rate halvings
-        after divergence (a warning is issued when there were any).
+        after divergence (a warning is issued when there were any), ``settings["iterations_used"]``
+        ``(N, R, K)`` the iterations each sample ran.
     """
     image_shape = _image_shape(images, target, image_shape, restarts)
     dev = torch.device(device) if device is not None else (images.device if images is not None else target.device)
@@ -417,11 +427,12 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
         mask = mask[None] if mask.dim() == target.dim() - 1 else mask
     p = _Problem(rep, target, image_shape, restarts, tvs, alphas, rates,
                  resolve_schedule(rep, param, schedule, iterations),
-                 alpha, beta, method, mask, param, dict(param_options or {}), resolve_jitter(rep, jitter))
+                 alpha, beta, method, mask, param, {**parameterisation_class(param).recommended_options, **(param_options or {})},
+                 resolve_jitter(rep, jitter), tol, window)
     chunk = max_batch or target.shape[0] * restarts * len(tvs)
     t0 = time.perf_counter()
-    u, energy, halvings = _optimise(p, chunk, seed, dev, dtype, progress, checkpoint)
-    return _assemble(p, u, energy, halvings, chunk, seed, time.perf_counter() - t0)
+    u, energy, halvings, used = _optimise(p, chunk, seed, dev, dtype, progress, checkpoint)
+    return _assemble(p, u, energy, halvings, used, chunk, seed, time.perf_counter() - t0)
 
 
 def invert_images(representation: torch.nn.Module, images: Sequence[torch.Tensor], **kwargs) -> list[Inversion]:

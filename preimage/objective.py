@@ -25,6 +25,7 @@ orders of magnitude above the paper's own choice, so it is not the default.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -207,6 +208,18 @@ class InversionObjective(nn.Module):
     @property
     def batch_size(self) -> int:
         return self.target.shape[0]
+
+    def subset(self, index: torch.Tensor) -> "InversionObjective":
+        """The objective of samples ``index`` ``(M,)`` int64 only: sample j of the result is
+        sample ``index[j]`` of this one (targets, mask, normalisers and λ's indexed, the same
+        values; the representation shared)."""
+        sub = copy.copy(self)
+        sub._buffers = dict(self._buffers)
+        sub._modules = dict(self._modules)
+        for name in ("target", "mask", "target_norm2", "lambda_alpha", "lambda_tv"):
+            if sub._buffers.get(name) is not None:
+                sub._buffers[name] = self._buffers[name][index.to(self._buffers[name].device)]
+        return sub
 
     def image(self, u: torch.Tensor) -> torch.Tensor:
         """Optimisation variable ``(N, C, H, W)`` → image on the 0–255 scale, m + σ·u."""

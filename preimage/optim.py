@@ -19,20 +19,25 @@ Pieces:
 * :class:`DivergenceBackoff`, the momentum stepper's policy when a sample's energy stops being
   finite (back to its last finite state, its own rate halved);
 * :func:`minimise` runs a schedule's stages with a stepper, records energies, shows progress and
-  checkpoints, and returns an :class:`OptimResult`.
+  checkpoints, and returns an :class:`OptimResult`;
+* :class:`EarlyStop` (``minimise(tol=...)``, opt-in): each sample leaves a stage when its energy has
+  converged (relative improvement over a window below ``tol``), so the schedule advances per
+  sample; a sample past its last stage is frozen and leaves the data term's batch.
 
 The data term may see a transformed image (jitter, scale, rotation: ``transform``) while the
 priors act on the untransformed one.
 
 Interrupted runs resume: with ``checkpoint`` set, the stepper's whole state (parameters, velocity or
-Adam/L-BFGS state, per-sample rates, halving counts), the iteration and a settings fingerprint
-are written atomically to a safetensors file every ``checkpoint_every`` iterations and read back
-on the next call with the same settings.
+Adam/L-BFGS state, per-sample rates, halving counts; with ``tol`` also each sample's stage,
+window and whether it has finished), the iteration and a settings fingerprint (``tol`` and
+``window`` included) are written atomically to a safetensors file every ``checkpoint_every``
+iterations and read back on the next call with the same settings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,10 @@ from .params import Parameterisation
 from .params.pixel import PixelParam, unit_noise
 
 METHODS = ("momentum", "adam", "lbfgs")
+#: ``minimise(tol=...)``: iterations over which a sample's relative improvement is measured.
+DEFAULT_WINDOW = 20
+#: ``minimise(tol=...)``: convergence is checked every this many iterations (one device sync).
+CHECK_EVERY = 5
 #: Bumped when the checkpoint layout changes: older checkpoints are then ignored (started over).
 CHECKPOINT_FORMAT = 3
 
@@ -97,6 +106,9 @@ class OptimResult:
             halved ``backoffs`` times; without a stage factor).
         resumed_from: iteration a checkpoint was resumed from (0 if none).
         seconds: wall time of this call's iterations.
+        iterations_used: ``(N,)`` int64, iterations each sample was optimised (``iterations`` for
+            all without ``tol``; fewer for a sample that converged early).
+        final_stage: ``(N,)`` int64, index of the schedule stage each sample ended in.
     """
 
     u: torch.Tensor
@@ -107,6 +119,8 @@ class OptimResult:
     final_lr: torch.Tensor
     resumed_from: int = 0
     seconds: float = 0.0
+    iterations_used: torch.Tensor | None = None
+    final_stage: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,27 +132,61 @@ Transform = Callable[[torch.Tensor, int], torch.Tensor]
 
 class Closure:
     """``closure()``: E summed over the batch, with every variable's ``grad`` set; ``terms`` holds
-    the last evaluation's per-sample :class:`~preimage.objective.EnergyTerms`.
+    the last evaluation's per-sample :class:`~preimage.objective.EnergyTerms` ``(N,)`` each.
 
     ``u = param()`` each call; the data term sees ``transform(u, iteration)`` when a transform is
     given (the priors always see ``u``); :attr:`iteration` is set by the loop.
+
+    :meth:`restrict` limits the evaluation to a subset of the samples (the others' gradients
+    are zero and their terms keep the values of their last evaluation, :attr:`last`).
     """
 
     def __init__(self, objective: InversionObjective, param: Parameterisation, transform: Transform | None = None):
         self.objective, self.param, self.transform = objective, param, transform
         self.variables = [t for t in param.parameters() if t.requires_grad]
         self.terms: EnergyTerms | None = None
+        self.last: EnergyTerms | None = None  # detached, (N,) each
         self.iteration = 0
+        self.active: torch.Tensor | None = None
+        self._part: InversionObjective | None = None
+
+    def restrict(self, active: torch.Tensor | None) -> None:
+        """Evaluate only the samples ``active`` ``(M,)`` int64 (ascending) from now on; ``None``:
+        all N. The transform still sees the whole batch (its random draws do not depend on it)."""
+        if active is None:
+            self.active, self._part = None, None
+            return
+        self.active = active.to(self.objective.target.device)
+        self._part = self.objective.subset(self.active)
 
     def __call__(self) -> torch.Tensor:
         for t in self.variables:
             t.grad = None
         u = self.param()
         seen = None if self.transform is None else self.transform(u, self.iteration)
-        terms = self.objective(u, seen)
+        if self.active is None:
+            terms = self.objective(u, seen)
+        else:
+            idx = self.active
+            terms = self._part(u[idx], None if seen is None else seen[idx])
         terms.total.sum().backward()
-        self.terms = terms
+        self.terms = self._remember(terms)
         return terms.total.sum()
+
+    def _remember(self, terms: EnergyTerms) -> EnergyTerms:
+        """Keep the evaluated terms in :attr:`last` (scattered into rows :attr:`active` when
+        restricted); returns the terms of all N samples."""
+        with torch.no_grad():
+            if self.active is None:
+                self.last = EnergyTerms(terms.data.detach(), terms.alpha.detach(), terms.tv.detach())
+                return terms
+            parts = []
+            for key in ("data", "alpha", "tv"):
+                full = getattr(self.last, key).clone()
+                full[self.active] = getattr(terms, key).detach()
+                parts.append(full)
+            self.last = EnergyTerms(*parts)
+            return self.last
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -168,6 +216,12 @@ class Stepper:
         """Enter a stage at rate ``lr · factor``; ``reset``: the stage starts here (not resumed
         in its middle)."""
         raise NotImplementedError
+
+    def set_stage_factors(self, factors: torch.Tensor, reset: torch.Tensor) -> None:
+        """Per-sample stages (``minimise(tol=...)``), instead of :meth:`start_stage`: sample i
+        runs at rate ``lr_i · factors[i]`` from now on (``factors`` ``(N,)`` float64, ≥ 0; 0
+        freezes the sample exactly); ``reset`` ``(N,)`` bool: those samples enter a new stage."""
+        raise ValueError(f"{type(self).__name__} has one rate for the batch: no per-sample stages")
 
     def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
         """One iteration; returns the energy terms evaluated (at the state before the update).
@@ -281,7 +335,7 @@ class Momentum(Stepper):
         t = torch.as_tensor(lr, dtype=first.dtype, device=first.device).flatten()
         self.lr_b = t.view(-1, 1).expand(self.n, 1).clone()  # (N, 1)
         self.backoff = backoff
-        self.factor = 1.0
+        self.factor: float | torch.Tensor = 1.0  # the stage's factor, or (N, 1) per sample
         self._evaluated: list[torch.Tensor] | None = None
 
     def start_stage(self, factor: float, reset: bool) -> None:
@@ -289,6 +343,16 @@ class Momentum(Stepper):
         if reset:  # momentum reset at each rate change (kept when resuming mid-stage)
             for v in self.v:
                 v.zero_()
+
+    def set_stage_factors(self, factors: torch.Tensor, reset: torch.Tensor) -> None:
+        """Per-sample factors ``(N,)`` on the rates; the velocity of the samples ``reset``
+        ``(N,)`` bool is zeroed (momentum reset at a sample's stage change; a frozen sample,
+        factor 0 and no velocity, then stays exactly where it is)."""
+        with torch.no_grad():
+            self.factor = factors.to(self.lr_b.device, self.lr_b.dtype).view(-1, 1)
+            idx = reset.nonzero().flatten().to(self.lr_b.device)
+            for v in self.v:
+                _rows(v, self.n)[idx] = 0
 
     def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
         closure()
@@ -352,14 +416,33 @@ class _TorchStepper(Stepper):
     def __init__(self, param: Parameterisation, lr: float, make: Callable[[list], torch.optim.Optimizer]):
         super().__init__(param, lr)
         self.optimizer = make(self.variables)
+        self.row_factor: torch.Tensor | None = None  # (N,) per-sample stage factors, or None
 
     def start_stage(self, factor: float, reset: bool) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * factor
 
     def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
+        if self.row_factor is None:
+            self.optimizer.step(closure)
+            return closure.terms
+        before = [t.detach().clone() for t in self.variables]
         self.optimizer.step(closure)
+        self._scale_rows(before)
         return closure.terms
+
+    def _scale_rows(self, before: Sequence[torch.Tensor]) -> None:
+        """Per-sample stages: sample i's update (from ``before``, the variables before the
+        step) times its factor, ``θ ← θ₀ + f_i (θ − θ₀)``; rows with factor 1 are untouched."""
+        scaled = (self.row_factor != 1).nonzero().flatten()
+        if scaled.numel() == 0:
+            return
+        with torch.no_grad():
+            for t, old in zip(self.variables, before):
+                rows, rows0 = _rows(t, self.n), _rows(old, self.n)
+                idx = scaled.to(t.device)
+                f = self.row_factor[scaled].to(t.device, t.dtype).view(-1, 1)
+                rows[idx] = rows0[idx] + f * (rows[idx] - rows0[idx])
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -377,10 +460,20 @@ class _TorchStepper(Stepper):
 
 
 class Adam(_TorchStepper):
-    """Adam (``torch.optim.Adam``) at rate ``lr`` × the stage factor; one rate for the batch."""
+    """Adam (``torch.optim.Adam``) at rate ``lr`` × the stage factor; one rate for the batch, or
+    per-sample stage factors (:meth:`set_stage_factors`)."""
 
     def __init__(self, param: Parameterisation, lr: float):
         super().__init__(param, lr, lambda v: torch.optim.Adam(v, lr=lr))
+
+    def set_stage_factors(self, factors: torch.Tensor, reset: torch.Tensor) -> None:
+        """Per-sample factors ``(N,)``: the optimiser runs at the base rate and each sample's
+        update is multiplied by its factor after the step, which is exact (Adam's step is linear
+        in its rate; its moments do not depend on it). ``reset`` is ignored: Adam's moments are
+        kept across stages, as with :meth:`start_stage`. Factor 0 freezes a sample exactly."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.row_factor = factors.detach().cpu().double().clone()
 
 
 class LBFGS(_TorchStepper):
@@ -500,6 +593,148 @@ class Checkpoint:
 
 
 # ----------------------------------------------------------------------------------------------
+# Early stopping (per-sample stages)
+# ----------------------------------------------------------------------------------------------
+
+class EarlyStop:
+    """Per-sample stages and convergence for ``minimise(tol=...)``.
+
+    Sample i runs stage j of ``stages`` for at most the stage's ``n_j`` iterations counted from
+    when it entered it, and leaves it early once its total energy improved by less than ``tol``
+    (relative) over the last ``window`` iterations spent in the stage::
+
+        (E[k − window] − E[k]) / |E[k − window]| < tol
+
+    where ``E[k]`` is the lowest energy of the sample in its stage up to iteration k (a running
+    minimum: momentum's overshoot and a non-smooth energy's jitter, about 1 % on HOG, count
+    neither as progress nor as convergence; with the raw energies a single rise over the window
+    ended stages whatever ``tol``). Checked every :data:`CHECK_EVERY` iterations; a non-finite
+    ratio never counts. The sample then enters stage j + 1; after the last stage it is finished
+    (frozen, its iterations counted in :attr:`used`). A sample never runs more iterations than
+    the schedule in total, so the loop ends by the schedule's end.
+
+    State (all ``(N,)``, on the CPU): ``stage`` (index), ``entered`` (iteration the stage began),
+    ``since`` (iteration the convergence window counts from: the stage's start, or the last
+    back-off), ``used`` (iterations of a finished sample), ``done`` (bool); on the energies'
+    device: ``best`` ``(N,)`` (the running minimum) and ``ring`` ``(window + 1, N)`` (its last
+    values).
+    """
+
+    def __init__(self, stages: Sequence[tuple[int, float]], n: int, tol: float, window: int):
+        self.stages = tuple((int(m), float(f)) for m, f in stages)
+        self.n, self.tol, self.window = int(n), float(tol), int(window)
+        self.stage = torch.zeros(self.n, dtype=torch.long)
+        self.entered = torch.zeros(self.n, dtype=torch.long)
+        self.since = torch.zeros(self.n, dtype=torch.long)
+        self.used = torch.zeros(self.n, dtype=torch.long)
+        self.done = torch.zeros(self.n, dtype=torch.bool)
+        self.ring: torch.Tensor | None = None
+        self.best: torch.Tensor | None = None
+        if self.stages[0][0] == 0:  # empty first stage(s)
+            for i in range(self.n):
+                self._next(i, 0, from_stage=0)
+
+    def _next(self, i: int, at: int, from_stage: int | None = None) -> None:
+        """Sample ``i`` leaves its stage after ``at`` iterations: into the next non-empty stage,
+        or finished."""
+        j = (int(self.stage[i]) if from_stage is None else from_stage - 1) + 1
+        while j < len(self.stages) and self.stages[j][0] == 0:
+            j += 1
+        if j >= len(self.stages):
+            self.done[i], self.used[i] = True, at
+            return
+        self.stage[i], self.entered[i], self.since[i] = j, at, at
+        if self.ring is not None:
+            self.best[i] = float("inf")
+
+    def factors(self) -> torch.Tensor:
+        """``(N,)`` float64: each sample's stage factor, 0 for a finished one."""
+        f = torch.tensor([self.stages[j][1] for j in self.stage.tolist()], dtype=torch.float64)
+        return f.masked_fill(self.done, 0.0)
+
+    def active(self) -> torch.Tensor | None:
+        """``(M,)`` int64 indices of the samples still running; ``None`` when all are."""
+        return None if not self.done.any() else (~self.done).nonzero().flatten()
+
+    def observe(self, k: int, total: torch.Tensor) -> None:
+        """Take iteration ``k``'s energies ``(N,)`` into the running minimum (NaN ignored) and
+        keep it (any device; no synchronisation)."""
+        if self.ring is None:
+            self.ring = torch.full((self.window + 1, self.n), float("nan"), dtype=total.dtype, device=total.device)
+            self.best = torch.full((self.n,), float("inf"), dtype=total.dtype, device=total.device)
+        elif self.ring.device != total.device:  # loaded from a checkpoint
+            self.ring, self.best = self.ring.to(total.device), self.best.to(total.device)
+        self.best = torch.fmin(self.best, total.detach())
+        self.ring[k % (self.window + 1)] = self.best
+
+    def restart_window(self, rows: torch.Tensor, k: int) -> None:
+        """Samples ``rows`` ``(N,)`` bool were backed off at iteration ``k``: their window and
+        running minimum start again after it."""
+        self.since[rows] = k + 1
+        if self.ring is not None:
+            self.best[rows.to(self.best.device)] = float("inf")
+
+    def converged(self, k: int) -> torch.Tensor:
+        """``(N,)`` bool: running samples whose window ending at iteration ``k`` improved by less
+        than ``tol`` (all False between checks)."""
+        ready = ~self.done & (k - self.since >= self.window)
+        if (k + 1) % CHECK_EVERY or self.ring is None or not ready.any():
+            return torch.zeros(self.n, dtype=torch.bool)
+        w = self.window + 1
+        old = self.ring[(k - self.window) % w].detach().cpu().double()
+        new = self.ring[k % w].detach().cpu().double()
+        rel = (old - new) / old.abs()
+        return ready & torch.isfinite(rel) & (rel < self.tol)
+
+    def advance(self, k: int) -> torch.Tensor:
+        """After iteration ``k``: samples whose stage is used up or converged move on; returns
+        them ``(N,)`` bool."""
+        length = torch.tensor([self.stages[j][0] for j in self.stage.tolist()], dtype=torch.long)
+        moving = ~self.done & ((k + 1 - self.entered >= length) | self.converged(k))
+        for i in moving.nonzero().flatten().tolist():
+            self._next(i, k + 1)
+        return moving
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state under ``stop.<name>`` (see the class docstring)."""
+        state = {f"stop.{k}": getattr(self, k) for k in ("stage", "entered", "since", "used", "done")}
+        if self.ring is not None:
+            state["stop.ring"], state["stop.best"] = self.ring, self.best
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a state of :meth:`state_dict`."""
+        for k in ("stage", "entered", "since", "used", "done"):
+            setattr(self, k, state[f"stop.{k}"].clone())
+        ring = state.get("stop.ring")
+        self.ring = None if ring is None else ring.clone()
+        self.best = None if ring is None else state["stop.best"].clone()
+
+
+class _Saved:
+    """What a checkpoint holds with early stopping: the stepper's state, the :class:`EarlyStop`
+    state and the closure's last per-sample terms (the energies finished samples keep)."""
+
+    def __init__(self, stepper: Stepper, stop: EarlyStop, closure: Closure):
+        self.stepper, self.stop, self.closure = stepper, stop, closure
+
+    def state_dict(self) -> dict[str, Any]:
+        """The three in one dict (keys ``stop.…`` and ``last.data|alpha|tv``, ``(N,)`` each)."""
+        state = {**self.stepper.state_dict(), **self.stop.state_dict()}
+        if self.closure.last is not None:
+            state.update({f"last.{k}": getattr(self.closure.last, k) for k in ("data", "alpha", "tv")})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a state of :meth:`state_dict`."""
+        self.stepper.load_state_dict(state)
+        self.stop.load_state_dict(state)
+        if "last.data" in state:
+            dev = self.closure.objective.target.device
+            self.closure.last = EnergyTerms(*(state[f"last.{k}"].to(dev).clone() for k in ("data", "alpha", "tv")))
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
 
@@ -556,6 +791,53 @@ def _run_stages(stepper: Stepper, closure: Closure, stages, start: int, recorder
             recorder.bar.update(1)
 
 
+def _apply_stages(stepper: Stepper, closure: Closure, stop: EarlyStop, reset: torch.Tensor) -> None:
+    """Give the stepper each sample's stage factor (``reset`` ``(N,)`` bool: samples entering a
+    stage) and limit the closure to the samples still running."""
+    stepper.set_stage_factors(stop.factors(), reset)
+    closure.restrict(stop.active())
+
+
+def _after_record(stop: EarlyStop, closure: Closure, recorded: torch.Tensor, k: int) -> None:
+    """A recorded energy ``(N,)`` that reads NaN marks a back-off: the sample's window starts
+    again; a finished sample backed off keeps its restored state and reads 0 from then on (its
+    last evaluated energy is not that state's)."""
+    bad = ~torch.isfinite(recorded)
+    if not bad.any():
+        return
+    stop.restart_window(bad, k)
+    frozen = (bad & stop.done).nonzero().flatten()
+    if frozen.numel() and closure.last is not None:
+        for key in ("data", "alpha", "tv"):
+            getattr(closure.last, key)[frozen.to(closure.last.data.device)] = 0
+
+
+def _run_early(stepper: Stepper, closure: Closure, stop: EarlyStop, start: int, recorder: _Recorder,
+               checkpoint: Checkpoint) -> None:
+    """Iterations ``start`` … of ``minimise(tol=...)``: stages advance per sample
+    (:class:`EarlyStop`); finished samples are frozen and left out of the data term; ends when
+    every sample has finished."""
+    saved = _Saved(stepper, stop, closure)
+    _apply_stages(stepper, closure, stop, torch.full((stop.n,), start == 0))
+    for k in range(start, recorder.total):
+        if bool(stop.done.all()):
+            break
+        step = k + 1
+        closure.iteration = k
+        recorded = recorder.due(step)
+        terms = stepper.step(closure, recorded)
+        stop.observe(k, terms.total)
+        if recorded:
+            recorder.record(step, terms, stepper)
+            _after_record(stop, closure, recorder.history[-1], k)
+        moved = stop.advance(k)
+        if moved.any():
+            _apply_stages(stepper, closure, stop, moved)
+        if checkpoint.due(step, recorder.total):
+            checkpoint.save(saved, step)
+        recorder.bar.update(1)
+
+
 def _rates(lr: float | Sequence[float], method: str, n: int, dtype: torch.dtype) -> float | list[float]:
     """Validate ``lr``: one positive finite rate, or one per sample (momentum only), rounded to
     the variables' ``dtype``."""
@@ -568,14 +850,32 @@ def _rates(lr: float | Sequence[float], method: str, n: int, dtype: torch.dtype)
 
 
 def _fingerprint(objective: InversionObjective, param: Parameterisation, lr, stages, method: str,
-                 momentum: float, transform: Transform | None) -> str:
-    """Key of everything that determines the optimisation (a checkpoint is resumed only under it)."""
+                 momentum: float, transform: Transform | None, early: dict | None = None) -> str:
+    """Key of everything that determines the optimisation (a checkpoint is resumed only under it);
+    ``early``: the early-stopping settings (``tol``, ``window``), absent without them."""
     variables = {k: [list(t.shape), float(t.detach().double().sum())] for k, t in param.named_parameters()}
-    return stable_key(dict(
+    key = dict(
         format=CHECKPOINT_FORMAT, lr=lr, stages=stages, method=method, momentum=momentum,
         param=type(param).__name__, variables=variables, transform=repr(transform),
         lambda_tv=objective.lambda_tv.tolist(), lambda_alpha=objective.lambda_alpha.tolist(),
-        target=float(objective.target.double().sum())))
+        target=float(objective.target.double().sum()))
+    if early is not None:
+        key["early_stop"] = early
+    return stable_key(key)
+
+
+def _early_stop(tol: float | None, window: int, method: str, stages, n: int) -> EarlyStop | None:
+    """The :class:`EarlyStop` of ``minimise(tol=...)`` (None without ``tol``), arguments checked."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number ≥ 0 (a relative improvement), got {tol!r}")
+    if isinstance(window, bool) or int(window) != window or window < 1:
+        raise ValueError(f"window must be a whole number of iterations ≥ 1, got {window!r}")
+    if method == "lbfgs":
+        raise ValueError("tol (per-sample early stopping) needs method 'momentum' or 'adam': L-BFGS's line "
+                         "search couples the samples, so one of them cannot stop alone; drop tol")
+    return EarlyStop(stages, n, float(tol), int(window))
 
 
 def as_parameterisation(variables: torch.Tensor | Parameterisation) -> Parameterisation:
@@ -597,7 +897,8 @@ def minimise(objective: InversionObjective, variables: torch.Tensor | Parameteri
              progress: bool | str = True, record_every: int = 10, checkpoint: str | Path | None = None,
              checkpoint_every: int = 50, callback: Callable[[int, torch.Tensor], None] | None = None,
              stop_on_divergence: bool = True, max_backoffs: int = 8,
-             transform: Transform | None = None) -> OptimResult:
+             transform: Transform | None = None, tol: float | None = None,
+             window: int = DEFAULT_WINDOW) -> OptimResult:
     """Minimise ``objective`` over ``variables``.
 
     Args:
@@ -623,6 +924,11 @@ def minimise(objective: InversionObjective, variables: torch.Tensor | Parameteri
         transform: ``transform(u, iteration)`` → the ``(N, C, H, W)`` the data term sees at that
             0-based iteration (jitter and the like, :mod:`preimage.transforms`); the priors and
             the final energies use ``u`` itself.
+        tol, window: opt-in per-sample early stopping (:class:`EarlyStop`): a sample whose
+            lowest total energy improved by less than ``tol`` (relative, ≥ 0) over its last
+            ``window`` iterations in a stage moves to its next stage (the schedule advances per sample);
+            after the last it is frozen and its data term is no longer evaluated. ``None``: the
+            whole schedule for every sample. Not with ``method="lbfgs"`` (ValueError).
     Returns:
         :class:`OptimResult`.
     """
@@ -632,22 +938,40 @@ def minimise(objective: InversionObjective, variables: torch.Tensor | Parameteri
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     param = as_parameterisation(variables)
     lr = _rates(lr, method, param.n, next(param.parameters()).dtype)
-    ckpt = Checkpoint(checkpoint, _fingerprint(objective, param, lr, stages, method, momentum, transform),
+    stop = _early_stop(tol, window, method, stages, param.n)
+    early = None if stop is None else dict(tol=stop.tol, window=stop.window, check_every=CHECK_EVERY)
+    ckpt = Checkpoint(checkpoint, _fingerprint(objective, param, lr, stages, method, momentum, transform, early),
                       checkpoint_every)
     stepper = make_stepper(method, param, lr, momentum, max_backoffs, stop_on_divergence)
-    start = ckpt.restore(stepper)
+    closure = Closure(objective, param, transform)
+    saved = stepper if stop is None else _Saved(stepper, stop, closure)
+    start = ckpt.restore(saved)
     recorder = _Recorder(total, start, record_every, progress, callback)
     t0 = time.perf_counter()
     try:
-        _run_stages(stepper, Closure(objective, param, transform), stages, start, recorder, ckpt)
+        if stop is None:
+            _run_stages(stepper, closure, stages, start, recorder, ckpt)
+        else:
+            _run_early(stepper, closure, stop, start, recorder, ckpt)
     finally:
         recorder.bar.close()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         u = param().detach()
         final = objective(u)
-    ckpt.save(stepper, total)
+    ckpt.save(saved, total)
     return OptimResult(
         u=u, energy={k: getattr(final, k).detach().cpu().double().tolist() for k in ("data", "alpha", "tv", "total")},
         history=recorder.stacked(param.n), iterations=total, backoffs=stepper.halvings(),
-        final_lr=stepper.rates(), resumed_from=start, seconds=seconds)
+        final_lr=stepper.rates(), resumed_from=start, seconds=seconds, **_usage(stop, stages, total, param.n))
+
+
+def _usage(stop: EarlyStop | None, stages, total: int, n: int) -> dict[str, torch.Tensor]:
+    """``iterations_used`` and ``final_stage`` ``(N,)`` int64 of a finished run: the whole schedule
+    (its last non-empty stage) without early stopping, else what :class:`EarlyStop` counted."""
+    if stop is None:
+        last = max(i for i, (m, _) in enumerate(stages) if m > 0) if total else len(stages) - 1
+        return dict(iterations_used=torch.full((n,), total, dtype=torch.long),
+                    final_stage=torch.full((n,), last, dtype=torch.long))
+    used = torch.where(stop.done, stop.used, torch.full_like(stop.used, total))
+    return dict(iterations_used=used, final_stage=stop.stage.clone())

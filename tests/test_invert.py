@@ -117,6 +117,19 @@ def test_parameterised_images_lower_the_code_error(param, options, iterations, g
     assert float(res.relative_errors.max()) < gain * float(short.relative_errors.min())
 
 
+def test_parameterisation_options_default_to_the_class_recommendation():
+    """invert builds the image with the parameterisation's recommended options (the Fourier
+    image's sigmoid and margin) unless param_options overrides them, key by key; the settings
+    record what was used."""
+    from preimage.params import FourierParam
+    x = torch.rand(1, 3, 16, 16) * 255
+    res = invert(Colour(), x, iterations=2, param="fourier", progress=False)
+    assert res.settings["param_options"] == FourierParam.recommended_options
+    res = invert(Colour(), x, iterations=2, param="fourier", param_options={"bounded": False}, progress=False)
+    assert res.settings["param_options"] == {**FourierParam.recommended_options, "bounded": False}
+    assert invert(Colour(), x, iterations=2, method="paper", progress=False).settings["param_options"] == {}
+
+
 def test_jitter_auto_follows_the_code_stride():
     """jitter="auto" takes IJCV's quarter of the code's stride; a representation without a
     stride must be given the jitter in pixels; the jittered run still converges."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PreimageError
+from ..optim import DEFAULT_WINDOW
 from ..params import PARAMETERISATIONS
 from .common import (Target, add_device_argument, add_target_arguments, build_target, output_folder,
                      parse_floats, resolve_device)
@@ -51,6 +52,11 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--optimizer", choices=["momentum", "adam", "lbfgs"],
                     help="default: the parameterisation's (pixel: the paper's momentum; fourier, dip: Adam)")
     sp.add_argument("--restarts", type=int, default=1, help="random restarts, optimised as one batch")
+    sp.add_argument("--tol", type=float, help="stop each sample early: when its energy improved by less than "
+                                              "this fraction over --window iterations it moves to its next "
+                                              "stage, after the last it stops (default: off, full schedule)")
+    sp.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                    help=f"iterations over which --tol measures the improvement (default {DEFAULT_WINDOW})")
     sp.add_argument("--neighbourhood", "--neighborhood", type=int,
                     help="invert only the central n×n window of the code")
     sp.add_argument("--channels", help="invert a channel subset: first-half, second-half or a:b")
@@ -101,7 +107,7 @@ def _invert_optim(args, target: Target, out: Path, device: torch.device | None):
                   lambda_alpha=parse_floats(args.lambda_alpha), beta=args.beta, iterations=args.iters,
                   lr=args.lr, method="paper" if paper else args.optimizer, mask=mask, seed=args.seed, device=device,
                   progress=not args.no_progress, checkpoint=out / CHECKPOINT_DIR / "state",
-                  param=args.param, jitter=args.jitter)
+                  param=args.param, jitter=args.jitter, tol=args.tol, window=args.window)
 
 
 def _write_optim(args, target: Target, out: Path, result) -> None:
