@@ -5,10 +5,14 @@ from it (:class:`~preimage.params.base.Parameterisation` states the contract).
 name       ``u`` is                                                optimiser, lr, schedule, priors
 =========  ======================================================  ===================================
 pixel      the parameter itself (the paper's method)               momentum, the representation's
-fourier    1/f-scaled FFT coefficients, colours mixed as in train/ Adam 0.05, constant, λ × 0.003
+fourier    1/f-scaled FFT coefficients, colours mixed as in train/ Adam 0.05, constant, λ × 0.003;
+           through a sigmoid onto −40…295 grey levels              ``bounded=True, margin=40``
 dip        the output of a small hourglass network from fixed noise Adam 0.01, constant, λ × 0.003
 =========  ======================================================  ===================================
 
+The last column is each class's ``recommended_*`` settings, which :func:`preimage.invert.invert`
+uses unless told otherwise (its ``param_options`` override ``recommended_options`` key by key;
+constructing a class directly takes its plain defaults, e.g. an unbounded Fourier image).
 Fourier's settings were calibrated on ``train/`` (``benchmarks/bench_priors.py``); DIP's rate is
 its authors'. Use :func:`get_parameterisation`::
 

@@ -176,7 +176,8 @@ class CNNLayer(Representation):
     ``receptive_field`` (or ``None``), ``info`` (:class:`LayerInfo`), ``relative_depth``,
     ``lambda_tv`` (the paper's TV weight for that depth), ``traced`` (False in hook mode).
     The module moves with ``.to(device)`` and stays in eval mode. Inverted by default through a
-    Fourier image (``param = "fourier"``: its Adam, schedule and prior scale, calibrated on train/);
+    Fourier image (``param = "fourier"``: its Adam, schedule, prior scale and sigmoid range, calibrated
+    on train/);
     ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
     400 iterations) and momentum at ``lr = 1e-2``.
     """
