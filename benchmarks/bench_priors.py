@@ -536,17 +536,32 @@ def markdown(out: dict) -> str:
     return "\n".join(head + table_lines(out["rows"]) + comparison_lines(out["rows"])) + "\n"
 
 
+def _unique_rows(runs: list[dict]) -> list[dict]:
+    """The runs' rows, one per (block, method): a row run here wins over one reused from a
+    ``--reference`` (``"reused"``), else the first; in block order of depth, the paper's first."""
+    order = {b: i for i, b in enumerate(get_model_blocks())}
+    best: dict[tuple[str, str], dict] = {}
+    for row in (row for r in runs for row in r["rows"]):
+        key = (row["block"], row["method"])
+        if key not in best or (best[key].get("reused") and not row.get("reused")):
+            best[key] = row
+    return sorted(best.values(), key=lambda row: (order.get(row["block"], len(order)), row["method"] != "paper"))
+
+
 def merge(paths: list[str], out: str | None) -> int:
-    """Combine the JSONs of runs on the same images over disjoint blocks (``--only-blocks``) into
-    one, rows in block order of depth, and write it and its Markdown to ``out``."""
+    """Combine the JSONs of runs on the same images (split over blocks with ``--only-blocks``, or
+    over methods with ``--reference``) into one, a row per (block, method), and write it and its
+    Markdown to ``out``."""
     import json
     runs = [json.loads(Path(p).read_text()) for p in paths]
     if any(r["images"] != runs[0]["images"] for r in runs):
         raise SystemExit("--merge: the runs were made on different images")
+    rows = _unique_rows(runs)
     order = {b: i for i, b in enumerate(get_model_blocks())}
-    blocks = sorted({b for r in runs for b in r["blocks"]}, key=lambda b: order.get(b, len(order)))
-    rows = sorted((row for r in runs for row in r["rows"]), key=lambda row: order.get(row["block"], len(order)))
-    merged = {**runs[0], "blocks": blocks, "rows": rows, "total_seconds": sum(r["total_seconds"] for r in runs),
+    blocks = sorted({row["block"] for row in rows}, key=lambda b: order.get(b, len(order)))
+    full = next((r for r in runs if "settings" in r and "machine" in r), runs[0])  # a reference may have neither
+    merged = {**full, "blocks": blocks, "rows": rows,
+              "total_seconds": sum(r.get("total_seconds", 0.0) for r in runs),
               "merged_from": [str(p) for p in paths]}
     text = json.dumps(merged, indent=1)
     print(text)

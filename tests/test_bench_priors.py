@@ -132,6 +132,27 @@ def test_merge_runs_over_disjoint_blocks(bp, tmp_path, monkeypatch):
         bp.main(["--merge", *map(str, paths)])
 
 
+def test_merge_keeps_one_row_per_block_and_method(bp, tmp_path, monkeypatch):
+    """Runs split over methods with --reference repeat the reused paper row: the merge keeps one
+    row per (block, method), preferring a row run over one reused; a reference JSON without
+    total_seconds merges too."""
+    monkeypatch.setattr(bp, "get_model_blocks", lambda: ["conv1", "conv_last"])
+    base = {"benchmark": "bench_priors", "images": ["a.jpg", "b.jpg"]}
+    ref = dict(base, blocks=["conv1"], rows=[_row("conv1", "paper", 0.3, 0.8), _row("conv1", "lucent", 0.05, 0.9)])
+    later = dict(base, blocks=["conv1"], total_seconds=4.0, settings={"split": "eval"},
+                 machine={"torch_threads": 1, "cpu": "x", "load_average_1min": 1.0},
+                 rows=[dict(_row("conv1", "paper", 0.9, 0.1), reused=True), _row("conv1", "default", 0.03, 0.95)])
+    paths = [tmp_path / "later.json", tmp_path / "ref.json"]
+    for path, run in zip(paths, (later, ref)):
+        path.write_text(json.dumps(run))
+    out = tmp_path / "all.json"
+    assert bp.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert [(r["block"], r["method"]) for r in merged["rows"]] == [
+        ("conv1", "paper"), ("conv1", "default"), ("conv1", "lucent")]
+    assert merged["rows"][0]["normalised_error_mean"] == 0.3 and merged["total_seconds"] == 4.0
+
+
 def test_reference_plans_share_iterations_by_cost_class(bp):
     rows = [_row("conv1", "paper", 0.3, 0.8), dict(_row("conv1", "lucent", 0.02, 0.99), iterations=311),
             _row("conv1", "fourier:speed=3", 0.1, 0.9)]
