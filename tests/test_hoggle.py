@@ -224,17 +224,123 @@ def test_load_refuses_pickles(tmp_path, suffix):
     assert not marker.exists()
 
 
-def test_default_path_and_loading_without_training(tmp_path, monkeypatch, small_dictionary):
+# ----------------------------------------------------------------- the default: recipe and cache
+
+@pytest.fixture()
+def tiny_recipe(tmp_path, synthetic_set, monkeypatch):
+    """A tiny recipe on three synthetic image files, a private cache folder, no override."""
     monkeypatch.delenv(H.DICTIONARY_ENV, raising=False)
-    monkeypatch.setenv(H.CACHE_ENV, str(tmp_path))
-    p = H.default_dictionary_path()
-    assert p.parent == tmp_path and p.name.startswith("hoggle-k1000-a0.02-s0") and p.suffix == ".safetensors"
-    small_dictionary.save(p)
-    d = H.load_or_train_default(progress=False)          # found: no training
-    assert np.array_equal(d.atoms, small_dictionary.atoms)
+    monkeypatch.setenv(H.CACHE_ENV, str(tmp_path / "cache"))
+    paths = []
+    for k, img in enumerate(synthetic_set[0][:3]):
+        paths.append(tmp_path / f"train{k}.png")
+        save_image(img, paths[-1])
+    recipe = H.Recipe.for_files(paths, n_atoms=8, windows_per_image=10, n_iter=2, batch_size=16)
+    return recipe, paths
+
+
+def test_recipe_stamp_changes_with_every_part_of_the_recipe(monkeypatch):
+    from preimage.baselines.hoggle import geometry, recipe as recipe_module
+    from preimage.representations.hog import HOG
+    base = H.Recipe(images=(("a.png", "aa"), ("b.png", "bb")))
+    assert base.stamp() == H.Recipe(images=(("a.png", "aa"), ("b.png", "bb"))).stamp()
+    assert len(base.stamp()) == 12 and base.stamp() in base.file_name()
+    assert base.file_name().startswith("hoggle-k1000-a0.02-s0-") and base.file_name().endswith(".safetensors")
+    stamps = {base.stamp()}
+    changes = dict(n_atoms=999, alpha=0.03, seed=1, windows_per_image=999, n_iter=41, batch_size=1000,
+                   lasso_iter=14, backend="sklearn")
+    assert set(changes) == set(base.settings())               # every setting is tried
+    for key, value in changes.items():
+        stamps.add(base.with_settings(**{key: value}).stamp())
+    for images in [(("a.png", "aa"),), (("b.png", "bb"), ("a.png", "aa")), (("a.png", "ab"), ("b.png", "bb")),
+                   (("c.png", "aa"), ("b.png", "bb"))]:
+        stamps.add(H.Recipe(images=images).stamp())
+    monkeypatch.setattr(recipe_module, "TRAINING_VERSION", H.TRAINING_VERSION + 1)
+    stamps.add(base.stamp())
+    monkeypatch.undo()
+    monkeypatch.setattr(recipe_module, "code_digest", lambda: "edited")
+    stamps.add(base.stamp())
+    monkeypatch.undo()
+    monkeypatch.setattr(geometry, "_HOG_MODULE", HOG(cell_size=8, variant="uoctti", bilinear=True))
+    stamps.add(base.stamp())
+    monkeypatch.undo()
+    assert len(stamps) == 1 + len(changes) + 4 + 3, "a change of the recipe kept the stamp"
+    assert base.stamp() == H.Recipe(images=(("a.png", "aa"), ("b.png", "bb"))).stamp()
+
+
+def test_first_use_announces_trains_once_and_never_reuses_another_recipe(tiny_recipe, capsys, monkeypatch):
+    from preimage.baselines.hoggle import default as default_module
+    recipe, paths = tiny_recipe
+    cache = H.default_dictionary_path(recipe).parent
+    old = H.train_hoggle(paths, n_atoms=8, windows_per_image=10, n_iter=2, batch_size=16, progress=False)
+    old.save(cache / "hoggle-k8-a0.02-s0-v1.safetensors")            # an older-format file: not used
+    real_train, announced = default_module.train_hoggle, []
+
+    def train_after_announcement(*args, **kwargs):
+        announced.append("training the default HOGgle dictionary once" in capsys.readouterr().err)
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(default_module, "train_hoggle", train_after_announcement)
+
+    first = H.load_or_train_default(progress=False, recipe=recipe, paths=paths)
+    assert announced == [True]                                   # said so before training started
+    path = cache / recipe.file_name()
+    assert path.is_file() and first.metadata["recipe_stamp"] == recipe.stamp()
+    assert first.metadata["recipe"] == recipe.as_dict() and recipe.mismatch(first) is None
+    again = H.load_or_train_default(progress=False, recipe=recipe, paths=paths)
+    assert announced == [True] and "training" not in capsys.readouterr().err      # cached: no training
+    assert np.array_equal(again.atoms, first.atoms)
+
+    changed = recipe.with_settings(n_iter=3)                     # a new recipe: a new file, trained
+    assert changed.file_name() != recipe.file_name()
+    H.load_or_train_default(progress=False, recipe=changed, paths=paths)
+    assert announced == [True, True]
+
+    # a file under the right name whose metadata holds another recipe is retrained, with a message
+    tampered = H.HoggleDictionary(first.atoms, {**first.metadata, "recipe": {**first.metadata["recipe"], "n_iter": 9}})
+    tampered.save(path)
+    assert "n_iter" in recipe.mismatch(tampered) and "recipe" in recipe.mismatch(old)
+    capsys.readouterr()
+    back = H.load_or_train_default(progress=False, recipe=recipe, paths=paths)
+    assert announced == [True, True, True]
+    assert H.HoggleDictionary.load(path).metadata["recipe"]["n_iter"] == 2 and recipe.mismatch(back) is None
+    assert np.array_equal(back.atoms, first.atoms)               # same recipe, same seed: same atoms
+
+
+def test_named_dictionary_file_is_used_as_given(tmp_path, monkeypatch, capsys, small_dictionary):
     monkeypatch.setenv(H.DICTIONARY_ENV, str(tmp_path / "missing.safetensors"))
     with pytest.raises(PreimageError):
         H.load_or_train_default(progress=False)
+    path = small_dictionary.save(tmp_path / "mine.safetensors")
+    monkeypatch.setenv(H.DICTIONARY_ENV, str(path))
+    assert H.default_dictionary_path() == path
+    assert np.array_equal(H.load_or_train_default(progress=False).atoms, small_dictionary.atoms)
+    from preimage.data import shared_dir
+    if shared_dir() is not None:                                 # the default recipe is known: warned
+        assert "warning" in capsys.readouterr().err
+
+
+def test_block_atom_update_equals_the_sequential_one():
+    """The blocked update is scikit-learn's atom-by-atom pass (unused atoms replaced) to rounding."""
+    from preimage.baselines.hoggle.training import _update_atoms
+    g = torch.Generator().manual_seed(0)
+    K, d, n = 150, 90, 64
+    D = torch.randn(K, d, generator=g, dtype=torch.float64)
+    D /= D.norm(dim=1, keepdim=True)
+    C = torch.rand(n, K, generator=g, dtype=torch.float64) * (torch.rand(n, K, generator=g) < 0.2)
+    C[:, [3, 70, 71, 149]] = 0                                   # never used: replaced
+    A, X = C.T @ C / n, torch.randn(n, d, generator=g, dtype=torch.float64)
+    Bs = 3 * C.T @ X / n
+    ref, ours = D.clone(), D.clone()
+    gen = torch.Generator().manual_seed(5)
+    for k in range(K):
+        if A[k, k] > 1e-6:
+            ref[k] += (Bs[k] - A[k] @ ref) / A[k, k]
+        else:
+            new = X[int(torch.randint(n, (1,), generator=gen))]
+            ref[k] = new + torch.randn(new.shape, generator=gen) * 0.01 * float(new.std())
+        ref[k] /= max(float(ref[k].norm()), 1.0)
+    _update_atoms(ours, A, Bs, X, torch.Generator().manual_seed(5), block=32)
+    torch.testing.assert_close(ours, ref, atol=1e-10, rtol=0)
 
 
 def test_evaluate_hoggle_reports_both_conventions(tmp_path, synthetic_set, small_dictionary):

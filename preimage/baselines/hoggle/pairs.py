@@ -70,8 +70,8 @@ class WindowPool:
     smaller than one patch none).
 
     Attributes:
-        greys: ``(H_k, W_k)`` float64 grey images kept (0–255).
-        hogs: ``(27, h_k, w_k)`` float64 their HOG.
+        greys: ``(H_k, W_k)`` float32 grey images kept (0–255).
+        hogs: ``(27, h_k, w_k)`` float32 their HOG.
         image: ``(N,)`` index into ``greys`` of each pooled window.
         cells: ``(N, 2)`` its top-left cell ``(i, j)``.
     """
@@ -91,8 +91,8 @@ class WindowPool:
             if len(rows) == 0 or len(cols) == 0:
                 continue
             k = len(self.greys)
-            self.hogs.append(compute_hog(torch.from_numpy(g)[None].float()).double().numpy())
-            self.greys.append(g)
+            self.hogs.append(compute_hog(torch.from_numpy(g)[None].float()).numpy())
+            self.greys.append(g.astype(np.float32))
             n_valid = len(rows) * len(cols)
             take = rng.choice(n_valid, size=min(windows_per_image, n_valid), replace=False)
             cells.append(np.stack([rows.start + take // len(cols), cols.start + take % len(cols)], 1))
@@ -105,14 +105,29 @@ class WindowPool:
         return len(self.image)
 
     def joint(self, idx: np.ndarray) -> np.ndarray:
-        """Centred, normalised joint vectors ``(len(idx), 675 + 3136)`` float64 of pool windows
-        ``idx`` (each half of norm ≈ 1, so a joint vector has norm ≈ √2)."""
-        hw = np.empty((len(idx), HOG_DIM))
-        gp = np.empty((len(idx), GREY_DIM))
-        for r, k in enumerate(idx):
-            img = self.image[k]
-            hw[r], gp[r] = extract_pairs(self.greys[img], self.hogs[img], self.cells[k:k + 1], normalise=False)
-        return np.concatenate([centre_normalise(hw), centre_normalise(gp)], 1)
+        """Centred, normalised joint vectors ``(len(idx), 675 + 3136)`` float32 of pool windows
+        ``idx`` (each half of norm ≈ 1, so a joint vector has norm ≈ √2): the pairs of
+        :func:`extract_pairs`, gathered per image from strided views of its HOG and grey arrays."""
+        idx = np.asarray(idx, dtype=np.int64)
+        hw = torch.empty(len(idx), HOG_DIM)
+        gp = torch.empty(len(idx), GREY_DIM)
+        images = self.image[idx]
+        for img in np.unique(images):
+            rows = np.flatnonzero(images == img)
+            i, j = self.cells[idx[rows], 0], self.cells[idx[rows], 1]
+            hog_view, grey_view = self._views(img)
+            rows = torch.from_numpy(rows)
+            hw[rows] = torch.from_numpy(hog_view[:, i, j].transpose(1, 0, 2, 3).reshape(len(rows), HOG_DIM))
+            patches = grey_view[CELL_SIZE * (i - 1), CELL_SIZE * (j - 1)]
+            gp[rows] = torch.from_numpy(patches.reshape(len(rows), GREY_DIM))
+        return torch.cat([centre_normalise(hw), centre_normalise(gp)], 1).numpy()
+
+    def _views(self, img: int) -> tuple[np.ndarray, np.ndarray]:
+        """Strided (no-copy) views of image ``img``: ``(27, h−4, w−4, 5, 5)`` HOG windows by
+        top-left cell and ``(H−55, W−55, 56, 56)`` grey patches by top-left pixel."""
+        from numpy.lib.stride_tricks import sliding_window_view
+        return (sliding_window_view(self.hogs[img], (HOG_WINDOW, HOG_WINDOW), axis=(1, 2)),
+                sliding_window_view(self.greys[img], (PATCH_SIZE, PATCH_SIZE)))
 
 
 class BatchStream:
@@ -124,7 +139,7 @@ class BatchStream:
         self.perm, self.cursor = rng.permutation(len(pool)), 0
 
     def next(self) -> np.ndarray:
-        """The next ``(batch_size, 3811)`` float64 batch of :meth:`WindowPool.joint` vectors."""
+        """The next ``(batch_size, 3811)`` float32 batch of :meth:`WindowPool.joint` vectors."""
         if self.cursor + self.batch_size > len(self.pool):
             self.perm, self.cursor = self.rng.permutation(len(self.pool)), 0
         idx = self.perm[self.cursor:self.cursor + self.batch_size]

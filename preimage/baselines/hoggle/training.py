@@ -18,18 +18,15 @@ from .dictionary import DEFAULT_ALPHA, FORMAT, HoggleDictionary
 from .geometry import CELL_SIZE, HOG_CHANNELS, HOG_WINDOW, PATCH_CELLS, PATCH_SIZE
 from .lasso import positive_lasso
 from .pairs import BatchStream, WindowPool
+from .recipe import (DEFAULT_BATCH_SIZE, DEFAULT_LASSO_ITER, DEFAULT_N_ATOMS, DEFAULT_N_ITER,
+                     DEFAULT_WINDOWS_PER_IMAGE)
 from ...version import __version__
-
-DEFAULT_N_ATOMS = 1000
-DEFAULT_WINDOWS_PER_IMAGE = 1000
-DEFAULT_N_ITER = 400
-DEFAULT_BATCH_SIZE = 1024
 
 
 def train_hoggle(image_paths: Sequence, n_atoms: int = DEFAULT_N_ATOMS, alpha: float = DEFAULT_ALPHA,
                  windows_per_image: int = DEFAULT_WINDOWS_PER_IMAGE, n_iter: int = DEFAULT_N_ITER,
                  seed: int = 0, progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
-                 backend: str = "torch", lasso_iter: int = 15,
+                 backend: str = "torch", lasso_iter: int = DEFAULT_LASSO_ITER,
                  threads: int | None = DEFAULT_THREADS) -> HoggleDictionary:
     """Learn a joint HOG/grey dictionary by online dictionary learning (Mairal et al. 2009).
 
@@ -152,33 +149,52 @@ def _update_atoms(D: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor, X: torch.T
     current D, projected on ‖d_k‖ ≤ 1; an atom that is (almost) never used (A_kk ≤ 1e-6) is
     replaced by a random window of the batch plus 1 % noise.
 
-    The sequential (Gauss–Seidel) updates are computed exactly, in blocks: ``A_S·D`` for a block S
-    of atoms is one matrix product with D as it stands at the block's start, and the changes of the
-    atoms of S updated before k are added back (``Σ_{j∈S, j<k} A_kj Δd_j``), so D is read once per
-    block instead of once per atom.
+    The sequential (Gauss–Seidel) updates are computed exactly, in blocks S of ``block`` atoms:
+    ``b_k − A_k·D`` for the whole block is one matrix product with D as it stands at the block's
+    start; every change of an atom of S is then a combination of the block's rows of D, of those
+    residuals and of the replacement windows, so the sequential loop runs on coefficients over
+    these ≤ 3·``block`` vectors (norms through their Gram matrix) and D is written once per block.
     """
     K = D.shape[0]
     for s in range(0, K, block):
         e = min(s + block, K)
         R = Bs[s:e] - A[s:e] @ D                                 # b_k − A_k·D (block start)
-        delta = torch.zeros_like(R)
+        dead = [s + int(r) for r in torch.nonzero(A.diagonal()[s:e] <= 1e-6).flatten()]
+        fresh = [_replacement(X, gen) for _ in dead]           # drawn in atom order, as sklearn
+        W = torch.cat([D[s:e], R, *[f[None] for f in fresh]])  # (2b + m, d) basis of the changes
         with torch_threads(1):       # tiny sequential ops: threads only add overhead (badly so on busy cores)
-            _update_block(D, A, R, delta, X, gen, s, e)
+            coef = _block_coefficients(A[s:e, s:e].double().numpy(), (W @ W.T).double().numpy(),
+                                       [k - s for k in dead])
+        D[s:e] += torch.from_numpy(coef).to(W.dtype) @ W
 
 
-def _update_block(D, A, R, delta, X, gen, s, e) -> None:
-    """Atoms ``s … e−1`` of :func:`_update_atoms`, in order; ``R`` ``(e−s, d)`` holds
-    ``b_k − A_k·D`` at the block's start and ``delta`` ``(e−s, d)`` receives each atom's change."""
-    for r in range(e - s):
-        k = s + r
-        akk = float(A[k, k])
-        old = D[k].clone()
-        if akk > 1e-6:
-            resid = R[r] - A[k, s:k] @ delta[:r] if r else R[r]
-            D[k] += resid / akk
+def _replacement(X: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A new atom ``(d,)`` for an unused one: a random row of the batch ``X`` plus 1 % noise."""
+    j = int(torch.randint(X.shape[0], (1,), generator=gen))
+    new = X[j]
+    return new + torch.randn(new.shape, generator=gen) * 0.01 * float(new.std() or 1.0)
+
+
+def _block_coefficients(A_ss: np.ndarray, G: np.ndarray, dead: list[int]) -> np.ndarray:
+    """The changes of one block's ``b`` atoms as coefficients ``(b, 2b + m)`` over the basis
+    ``W`` = (the block's atoms at its start, their residuals ``b_k − A_k·D``, the ``m``
+    replacement windows): ``A_ss`` ``(b, b)`` is the block of A, ``G`` ``(2b + m, 2b + m)`` the
+    Gram matrix of W, ``dead`` the block positions of the atoms to replace (in order).
+    Float64; atom r's change is ``coef[r] @ W``, exactly as the per-atom update computes it."""
+    b, n = A_ss.shape[0], G.shape[0]
+    coef = np.zeros((b, n))
+    replaced = {r: 2 * b + q for q, r in enumerate(dead)}
+    for r in range(b):
+        v = np.zeros(n)
+        if r in replaced:
+            v[replaced[r]] = 1.0                                   # the replacement window
         else:
-            j = int(torch.randint(X.shape[0], (1,), generator=gen))
-            new = X[j]
-            D[k] = new + torch.randn(new.shape, generator=gen) * 0.01 * float(new.std() or 1.0)
-        D[k] /= max(float(D[k].norm()), 1.0)
-        delta[r] = D[k] - old
+            v[b + r] = 1.0
+            if r:
+                v -= A_ss[r, :r] @ coef[:r]                        # earlier atoms' changes
+            v /= A_ss[r, r]
+            v[r] += 1.0                                            # d_k + (b_k − A_k·D) / A_kk
+        v /= max(float(np.sqrt(max(v @ G @ v, 0.0))), 1.0)         # projection on ‖d_k‖ ≤ 1
+        v[r] -= 1.0                                                # change = new − old
+        coef[r] = v
+    return coef
