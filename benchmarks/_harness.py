@@ -182,3 +182,14 @@ def emit(name: str, args: argparse.Namespace, result: dict, *, device: torch.dev
     if getattr(args, "out", None):
         Path(args.out).write_text(text + "\n")
     return out
+
+
+def write_merged(merged: dict, out: str | None, markdown: str) -> int:
+    """Print a merged result's JSON on stdout and, with ``out``, write it there and its Markdown
+    report beside it (``out`` with the suffix ``.md``). Returns 0 (an exit status)."""
+    text = json.dumps(merged, indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+        Path(out).with_suffix(".md").write_text(markdown)
+    return 0

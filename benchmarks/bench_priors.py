@@ -563,12 +563,7 @@ def merge(paths: list[str], out: str | None) -> int:
     merged = {**full, "blocks": blocks, "rows": rows,
               "total_seconds": sum(r.get("total_seconds", 0.0) for r in runs),
               "merged_from": [str(p) for p in paths]}
-    text = json.dumps(merged, indent=1)
-    print(text)
-    if out:
-        Path(out).write_text(text + "\n")
-        Path(out).with_suffix(".md").write_text(markdown(merged))
-    return 0
+    return bench.write_merged(merged, out, markdown(merged))
 
 
 def get_model_blocks() -> list[str]:

@@ -485,12 +485,7 @@ def merge(paths: list[str], out: str | None) -> int:
               "throughput": throughput(rows), "total_seconds": sum(r["total_seconds"] for r in runs),
               "matmul": {**max((r["matmul"] for r in runs), key=lambda m: m["peak_gflops"])},
               "merged_from": [str(p) for p in paths]}
-    text = json.dumps(merged, indent=1)
-    print(text)
-    if out:
-        Path(out).write_text(text + "\n")
-        Path(out).with_suffix(".md").write_text(markdown(merged))
-    return 0
+    return bench.write_merged(merged, out, markdown(merged))
 
 
 def main(argv=None) -> int:

@@ -1,25 +1,17 @@
 """benchmarks/bench_priors.py: method specs, lucent's transforms on a fixed frame, the equal-time
 iteration count, the report, and a --quick run on the shared data."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers.bench import bench_module
 
 
 @pytest.fixture(scope="module")
 def bp():
-    """The benchmark module (benchmarks/ on the path for its ``_harness`` import)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("bench_priors")
-    finally:
-        sys.path.remove(str(BENCH))
+    """The benchmark module ``benchmarks/bench_priors.py``."""
+    return bench_module("bench_priors")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +99,16 @@ def test_quick_run(bp, shared, tmp_path, capsys):
     capsys.readouterr()
 
 
+def _merged(bp, tmp_path, *runs):
+    """Write ``runs`` as JSON files and ``--merge`` them: ``(paths, out path, merged JSON)``."""
+    paths = [tmp_path / f"run{i}.json" for i in range(len(runs))]
+    for path, run in zip(paths, runs):
+        path.write_text(json.dumps(run))
+    out = tmp_path / "all.json"
+    assert bp.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    return paths, out, json.loads(out.read_text())
+
+
 def test_merge_runs_over_disjoint_blocks(bp, tmp_path, monkeypatch):
     """Runs split with --only-blocks merge into one JSON and table, rows in order of depth."""
     monkeypatch.setattr(bp, "get_model_blocks", lambda: ["conv1", "block4_project", "conv_last"])
@@ -116,12 +118,7 @@ def test_merge_runs_over_disjoint_blocks(bp, tmp_path, monkeypatch):
              rows=[_row("conv_last", "paper", 0.2, 0.3), _row("conv_last", "default", 0.1, 0.3)])
     b = dict(base, blocks=["conv1", "block4_project"], total_seconds=7.0,
              rows=[_row("conv1", "paper", 0.3, 0.8), _row("block4_project", "paper", 0.2, 0.5)])
-    paths = [tmp_path / "a.json", tmp_path / "b.json"]
-    for path, run in zip(paths, (a, b)):
-        path.write_text(json.dumps(run))
-    out = tmp_path / "all.json"
-    assert bp.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
-    merged = json.loads(out.read_text())
+    paths, out, merged = _merged(bp, tmp_path, a, b)
     assert merged["blocks"] == ["conv1", "block4_project", "conv_last"] and merged["total_seconds"] == 12.0
     assert [(r["block"], r["method"]) for r in merged["rows"]] == [
         ("conv1", "paper"), ("block4_project", "paper"), ("conv_last", "paper"), ("conv_last", "default")]
@@ -142,12 +139,7 @@ def test_merge_keeps_one_row_per_block_and_method(bp, tmp_path, monkeypatch):
     later = dict(base, blocks=["conv1"], total_seconds=4.0, settings={"split": "eval"},
                  machine={"torch_threads": 1, "cpu": "x", "load_average_1min": 1.0},
                  rows=[dict(_row("conv1", "paper", 0.9, 0.1), reused=True), _row("conv1", "default", 0.03, 0.95)])
-    paths = [tmp_path / "later.json", tmp_path / "ref.json"]
-    for path, run in zip(paths, (later, ref)):
-        path.write_text(json.dumps(run))
-    out = tmp_path / "all.json"
-    assert bp.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
-    merged = json.loads(out.read_text())
+    merged = _merged(bp, tmp_path, later, ref)[2]
     assert [(r["block"], r["method"]) for r in merged["rows"]] == [
         ("conv1", "paper"), ("conv1", "default"), ("conv1", "lucent")]
     assert merged["rows"][0]["normalised_error_mean"] == 0.3 and merged["total_seconds"] == 4.0

@@ -1,31 +1,24 @@
 """benchmarks/bench_time_to_quality.py (the time-to-reference bookkeeping, a --quick run on the shared
 data) and preimage.baselines.cnn_visualizations (the published settings, the loss and the step)."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.bench import bench_module
 from torch import nn
 
 from preimage.baselines import cnn_visualizations as cv
 from preimage.optim import minimise
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tq():
-    """The benchmark module (benchmarks/ on the path for its ``_harness`` import)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("bench_time_to_quality")
-    finally:
-        sys.path.remove(str(BENCH))
+    """The benchmark module ``benchmarks/bench_time_to_quality.py``."""
+    return bench_module("bench_time_to_quality")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,29 +2,22 @@
 seconds): 50 concurrent clients submit 64×64 HOG jobs against a small queue; every job is either
 refused with 429 or done exactly once, nothing is lost, the server's memory stays bounded."""
 
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("psutil")
 
+from helpers.bench import bench_module  # noqa: E402
 from preimage.serve.local import LocalServer  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The benchmark module (benchmarks/ on the path for its ``_harness`` import)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("bench_serve")
-    finally:
-        sys.path.remove(str(BENCH))
+    """The benchmark module ``benchmarks/bench_serve.py``."""
+    return bench_module("bench_serve")
 
 
 def test_fifty_clients_every_job_done_or_refused(bench, tmp_path):
