@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.store import poll_snapshot, store_snapshot
 from preimage.experiments.store import ResultStore
 
 pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')")
@@ -102,28 +103,15 @@ def _client(address: str, out: Path, log: Path) -> subprocess.Popen:
     return _spawn([sys.executable, "-c", code, *SWEEP, "--scheduler", address, "--out", out], log, REPO)
 
 
-def _snapshot(db: Path) -> dict:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return {r[0]: {"status": r[1], "finished_at": r[2], "attempts": r[3], "worker": r[4]} for r in con.execute(
-            "SELECT key, status, finished_at, attempts, worker FROM units")}
-    finally:
-        con.close()
-
-
 def _wait_finished(db: Path, proc: subprocess.Popen, n: int, log: Path, timeout: float = 120) -> dict:
     """Poll the store until ``n`` units are finished (fails if the client ends first)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the client ended (rc {proc.returncode}) before the kill:\n{log.read_text()[-3000:]}")
-        if db.exists():
-            try:
-                snap = _snapshot(db)
-            except sqlite3.OperationalError:
-                snap = {}
-            if sum(v["status"] == "finished" for v in snap.values()) >= n:
-                return snap
+        snap = poll_snapshot(db)
+        if sum(v["status"] == "finished" for v in snap.values()) >= n:
+            return snap
         time.sleep(0.05)
     pytest.fail(f"{n} units did not finish in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
@@ -136,7 +124,7 @@ def _check_complete(out: Path) -> dict:
         assert con.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM units").fetchone() == (N_UNITS, N_UNITS)
     finally:
         con.close()
-    snap = _snapshot(db)
+    snap = store_snapshot(db)
     assert all(v["status"] == "finished" for v in snap.values()), snap
     with ResultStore(out, readonly=True) as st:
         for row in st.rows():
@@ -180,7 +168,7 @@ def test_client_sigkilled_and_restarted(cluster, tmp_path):
         _wait_finished(db, first, 2, log1)
     finally:
         _kill(first)                                   # the client dies; scheduler and workers stay up
-    before = _snapshot(db)
+    before = store_snapshot(db)
     done_before = {k: v for k, v in before.items() if v["status"] == "finished"}
     assert 2 <= len(done_before) < N_UNITS, "the kill should land in the middle of the sweep"
     second = _client(cluster["address"], out, log2)

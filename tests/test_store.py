@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.store import poll_snapshot, store_snapshot
 from preimage.io.cache import TMP_MARK, atomic_write_bytes, canonical_json
 from preimage.io.cache import stable_key as unit_key
 from preimage.experiments.store import ResultStore
@@ -126,15 +127,6 @@ def _start(out: Path, report: bool) -> subprocess.Popen:
                             cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _snapshot(db: Path) -> dict:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return {r[0]: {"status": r[1], "finished_at": r[2], "attempts": r[3], "metrics": r[4]} for r in con.execute(
-            "SELECT key, status, finished_at, attempts, metrics FROM units")}
-    finally:
-        con.close()
-
-
 def test_sigkilled_sweep_resumes_without_loss_or_duplicates(shared, tmp_path):
     pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')")
     out = tmp_path / "sweep"
@@ -146,13 +138,8 @@ def test_sigkilled_sweep_resumes_without_loss_or_duplicates(shared, tmp_path):
         while time.time() < deadline:
             if proc.poll() is not None:
                 pytest.fail("the sweep ended before it could be killed:\n" + proc.stdout.read().decode()[-3000:])
-            if db.exists():
-                try:
-                    snap = _snapshot(db)
-                except sqlite3.OperationalError:
-                    snap = {}
-                if sum(v["status"] == "finished" for v in snap.values()) >= 2:
-                    break
+            if sum(v["status"] == "finished" for v in poll_snapshot(db).values()) >= 2:
+                break
             time.sleep(0.05)
         else:
             pytest.fail("no unit finished in time")
@@ -162,7 +149,7 @@ def test_sigkilled_sweep_resumes_without_loss_or_duplicates(shared, tmp_path):
         except ProcessLookupError:
             pass
         proc.wait(30)
-    before = _snapshot(db)
+    before = store_snapshot(db)
     done_before = {k: v for k, v in before.items() if v["status"] == "finished"}
     assert 2 <= len(done_before) < len(before), "the kill should land in the middle of the sweep"
     assert len(before) == 9  # 8 inversion units (one image each) + the normaliser unit
@@ -174,7 +161,7 @@ def test_sigkilled_sweep_resumes_without_loss_or_duplicates(shared, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log[-3000:]
-    after = _snapshot(db)
+    after = store_snapshot(db)
     assert set(after) == set(before)                      # nothing lost, nothing new
     assert all(v["status"] == "finished" for v in after.values()), after
     for key, v in done_before.items():                    # finished units were not recomputed
