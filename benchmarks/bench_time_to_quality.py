@@ -13,6 +13,9 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
 * ``paper``: ``invert(rep, x, method="paper")``, the paper's method exactly (today's
   ``--schedule paper``): **the baseline**. Its final relative code error on each image, measured
   in the same run, is that image's **reference error**;
+* ``paper-nchw`` (CNN layers only): the same through a layer run as before channels-last and
+  chunked execution (``CNNLayer(..., channels_last=False, chunk_bytes=None)``): the issue's
+  "today's default", whose images per second the last table compares every method's with;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
   layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``);
 * ``momentum``, ``adam``, ``lbfgs``: ``invert(rep, x, method=...)``, the default's parameterisation
@@ -95,7 +98,9 @@ from preimage.params import parameterisation_class  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
 from preimage.representations.cnn import CNNLayer  # noqa: E402
 
-METHODS = ("paper", "default", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
+METHODS = ("paper", "paper-nchw", "default", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
+#: methods that run on CNN layers only
+CNN_ONLY = ("paper-nchw", "cnnvis", "cnnvis-best")
 SHALLOW_SIZE = (227, 227)
 #: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK)
 REACH_SLACK = 1e-9
@@ -115,6 +120,11 @@ class Case:
     images: torch.Tensor
     cnn: bool
     info: dict = field(default_factory=dict)
+    plain: torch.nn.Module | None = None  # CNN layers: the same layer, NCHW and unchunked
+
+    def rep_for(self, method: str) -> torch.nn.Module:
+        """The representation ``method`` runs on (``paper-nchw``: :attr:`plain`)."""
+        return self.plain if method == "paper-nchw" else self.rep
 
 
 def _load(paths, mode: str, size) -> torch.Tensor:
@@ -144,7 +154,8 @@ def build_cases(spec: str, n_images: int, n_blocks: int) -> tuple[list[Case], li
             for b in blocks:
                 if b not in model.block_names:
                     raise SystemExit(f"--reps: {b!r} is not a MobileNet v2 block ({', '.join(model.block_names)})")
-                cases.append(Case(f"mobilenet_v2:{b}", CNNLayer(model, b), rgb, True, {"block": b}))
+                cases.append(Case(f"mobilenet_v2:{b}", CNNLayer(model, b), rgb, True, {"block": b},
+                                  plain=CNNLayer(model, b, channels_last=False, chunk_bytes=None)))
         else:
             raise SystemExit(f"--reps: unknown {item!r} (hog, hogb, dsift, mobilenet_v2[:BLOCK])")
     return cases, [p.name for p in paths]
@@ -273,21 +284,21 @@ def methods_for(case: Case, wanted: list[str]) -> list[str]:
     """The methods of ``wanted`` that apply to ``case`` (cnnvis on CNN layers only; the optimiser
     that is the default's own is the ``default`` row)."""
     own = parameterisation_class(case.rep.param).recommended_optimiser
-    return [m for m in wanted if m != own and (case.cnn or not m.startswith("cnnvis"))]
+    return [m for m in wanted if m != own and (case.cnn or m not in CNN_ONLY)]
 
 
 def run_once(case: Case, method: str, x: torch.Tensor, args, cnnvis_lr: float | None) -> dict:
     """One timed inversion of the batch ``x``: its tracker, net times, final errors, back-offs,
     iterations and counted passes."""
-    tracker = Tracker()
-    with tracking(tracker), counting_passes(case.rep) as passes, warnings.catch_warnings():
+    tracker, rep = Tracker(), case.rep_for(method)
+    with tracking(tracker), counting_passes(rep) as passes, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tracker.start()
         if method.startswith("cnnvis"):
             lr = cnnvis.CNN_VISUALIZATIONS["lr"] if method == "cnnvis" else cnnvis_lr
             inv = cnnvis.invert_cnn_visualizations(case.rep, x, lr=lr, iterations=args.cnnvis_iterations)
         else:
-            inv = invert(case.rep, x, progress=False, **method_options(method, args))
+            inv = invert(rep, x, progress=False, **method_options(method, args))
         wall, cpu = tracker.stop()
     if not tracker.steps:
         raise RuntimeError("the error was never tracked: invert no longer calls preimage.invert.minimise")
@@ -301,7 +312,7 @@ def run_once(case: Case, method: str, x: torch.Tensor, args, cnnvis_lr: float | 
 def method_options(method: str, args) -> dict:
     """``invert`` keyword arguments of a preimage method."""
     its = {"iterations": args.iterations} if args.iterations else {}
-    if method == "paper":
+    if method in ("paper", "paper-nchw"):
         return dict(its, method="paper")
     if method == "default":
         return its
@@ -415,6 +426,24 @@ def throughput(rows: list[dict]) -> list[dict]:
     return out
 
 
+def against_today(rows: list[dict]) -> list[dict]:
+    """Per (case, batch, method): images per second (whole run, and to the reference) over
+    ``paper-nchw``'s (today's default) in the same (case, batch)."""
+    today = {(r["rep"], r["batch"]): r for r in rows if r["method"] == "paper-nchw" and "error" not in r}
+    out = []
+    for r in rows:
+        t = today.get((r["rep"], r["batch"]))
+        if t is None or "error" in r:
+            continue
+        ips, ips_ref = r["images_per_second"], r.get("images_per_second_to_reference")
+        t_ref = t.get("images_per_second_to_reference")
+        out.append({"rep": r["rep"], "batch": r["batch"], "method": r["method"],
+                    "images_per_second": ips, "ratio": ips / t["images_per_second"],
+                    "images_per_second_to_reference": ips_ref,
+                    "ratio_to_reference": ips_ref / t_ref if ips_ref and t_ref else None})
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------
@@ -482,7 +511,8 @@ def merge(paths: list[str], out: str | None) -> int:
         if row.get("peak_fraction") is not None:
             row["peak_fraction"] = row["network_gflops_per_s"] / peak
     merged = {**runs[0], "rows": rows, "cases": [c for r in runs for c in r["cases"]],
-              "throughput": throughput(rows), "total_seconds": sum(r["total_seconds"] for r in runs),
+              "throughput": throughput(rows), "against_today": against_today(rows),
+              "total_seconds": sum(r["total_seconds"] for r in runs),
               "matmul": {**max((r["matmul"] for r in runs), key=lambda m: m["peak_gflops"])},
               "merged_from": [str(p) for p in paths]}
     return bench.write_merged(merged, out, markdown(merged))
@@ -516,7 +546,8 @@ def main(argv=None) -> int:
     out = bench.emit("bench_time_to_quality", args, {
         "images": names, "train_image": train.name, "matmul": matmul, "timing_basis": basis,
         "cases": [{"rep": c.label, "image_shape": list(c.images.shape[1:]), **c.info} for c in cases],
-        "rows": rows, "throughput": throughput(rows), "total_seconds": sw.seconds,
+        "rows": rows, "throughput": throughput(rows), "against_today": against_today(rows),
+        "total_seconds": sw.seconds,
         "settings": {"methods": methods, "cnnvis": dict(cnnvis.CNN_VISUALIZATIONS)}})
     if args.out:
         Path(args.out).with_suffix(".md").write_text(markdown(out))
@@ -568,6 +599,21 @@ def throughput_lines(items: list[dict]) -> list[str]:
     return lines
 
 
+def today_lines(items: list[dict]) -> list[str]:
+    """Every method against ``paper-nchw`` (today's default) at the same batch."""
+    if not items:
+        return []
+    lines = ["", "Images per second against today's default (`paper-nchw`) at the same batch, for the whole "
+             "run and to the reference error (“—”: not every image reached it):", "",
+             "| representation | batch | method | images / s | × today | images / s to reference | × today |",
+             "|---|---|---|---|---|---|---|"]
+    for t in items:
+        lines.append(f"| {t['rep']} | {t['batch']} | {t['method']} | {_num(t['images_per_second'], '.3f')} "
+                     f"| {_num(t['ratio'])} | {_num(t['images_per_second_to_reference'], '.3f')} "
+                     f"| {_num(t['ratio_to_reference'])} |")
+    return lines
+
+
 def markdown(out: dict) -> str:
     """The whole Markdown report of a run."""
     s, mach, mm = out["settings"], out["machine"], out["matmul"]
@@ -584,7 +630,8 @@ def markdown(out: dict) -> str:
     if best:
         head += [f"`cnnvis-best` rate (published units, chosen on train image {out['train_image']}): "
                  + ", ".join(best) + ".", ""]
-    return "\n".join(head + table_lines(out["rows"], out["timing_basis"]) + throughput_lines(out["throughput"])) + "\n"
+    return "\n".join(head + table_lines(out["rows"], out["timing_basis"]) + throughput_lines(out["throughput"])
+                     + today_lines(out.get("against_today", []))) + "\n"
 
 
 if __name__ == "__main__":

@@ -112,6 +112,14 @@ def test_ratios_and_throughput(tq):
     assert rows[1]["ratio_to_paper_wall"] == 0.25
     tp = {t["method"]: t for t in tq.throughput(rows)}
     assert tp["paper"]["ratio"] == 4.0 and tp["adam"]["ms_per_iteration_per_image"] == [4.0, 2.0]
+    assert tq.against_today(rows) == []  # no paper-nchw row: nothing to compare with
+    for r in rows:
+        r["images_per_second_to_reference"] = r["batch"] / r["time_to_reference_s"] if r["time_to_reference_s"] else None
+    today = [dict(r, method="paper-nchw", images_per_second=r["images_per_second"] / 2,
+                  images_per_second_to_reference=0.125) for r in rows if r["method"] == "paper"]
+    vs = {(t["batch"], t["method"]): t for t in tq.against_today(rows + today)}
+    assert vs[(8, "paper")]["ratio"] == 2.0 and vs[(1, "adam")]["ratio"] == 4.0
+    assert vs[(1, "adam")]["ratio_to_reference"] == 8.0 and vs[(8, "adam")]["ratio_to_reference"] is None
 
 
 def test_quick_run(tq, shared, tmp_path, capsys):
@@ -123,7 +131,7 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     assert all("error" not in r for r in rows)
     got = {(r["rep"], r["batch"], r["method"]) for r in rows}
     hog = {"paper", "default", "adam", "lbfgs", "early"}  # momentum is HOG's default
-    cnn = {"paper", "default", "momentum", "lbfgs", "early", "cnnvis", "cnnvis-best"}  # adam is the CNN default
+    cnn = {"paper", "paper-nchw", "default", "momentum", "lbfgs", "early", "cnnvis", "cnnvis-best"}  # adam: the default
     assert got == {("hog", b, m) for b in (1, 2) for m in hog} | {("mobilenet_v2:conv1", b, m)
                                                                   for b in (1, 2) for m in cnn}
     for r in rows:
@@ -139,6 +147,12 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     case = {c["rep"]: c for c in result["cases"]}["mobilenet_v2:conv1"]
     assert case["flops_per_pass"] > 1e7 and case["cnnvis_best"]["chosen"] in cv.BEST_RATES
     assert len(result["throughput"]) == len(hog) + len(cnn)
+    today = {(t["batch"], t["method"]): t for t in result["against_today"]}
+    assert set(today) == {(b, m) for b in (1, 2) for m in cnn} and today[(1, "paper-nchw")]["ratio"] == 1.0
+    nchw = {r["batch"]: r for r in cnn_rows if r["method"] == "paper-nchw"}
+    paper = {r["batch"]: r for r in cnn_rows if r["method"] == "paper"}
+    for b in (1, 2):  # the same algorithm: channels-last and chunks change only the rounding
+        assert nchw[b]["final_errors"] == pytest.approx(paper[b]["final_errors"], rel=1e-3)
     md = out.with_suffix(".md").read_text()
     assert md.count("\n| hog | ") == 2 * len(hog) + len(hog) and "cnnvis-best (lr" in md
     capsys.readouterr()

@@ -56,7 +56,7 @@ def test_outputs_equal_full_model_intermediates(net):
     assert out.shape == (1, 1000, 1, 1)
     for name in ("conv1", "norm2", "pool5", "fc8"):
         with torch.no_grad():
-            y = CNNLayer(net, name)(x)
+            y = CNNLayer(net, name, channels_last=False)(x)  # exact: the plain NCHW pass
         torch.testing.assert_close(y, acts[name], rtol=1e-5, atol=1e-4)
 
 

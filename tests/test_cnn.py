@@ -89,6 +89,40 @@ def test_outputs_equal_intermediate_activations():
     torch.testing.assert_close(CNNLayer(m, "body")(x), _intermediate(m, m.body, x))
 
 
+class NeedsNCHW(Small):
+    """A net whose ``.view`` needs NCHW strides: channels-last input makes it raise."""
+
+    def forward(self, x):
+        y = self.body(x / 255.0)
+        return y.view(y.shape[0], -1)
+
+
+def test_chunked_channels_last_execution_equals_the_plain_pass():
+    m = Small().eval()
+    fast = CNNLayer(m, "conv", chunk_bytes=3 * 8 * 16 * 16 * 4)  # the largest map (8×16²) 3 images at a time
+    plain = CNNLayer(m, "conv", channels_last=False, chunk_bytes=None)
+    x = torch.rand(7, 3, 16, 16) * 255
+    assert fast.chunk_size(x) == 3 and plain.chunk_size(x) == 7
+    assert fast.chunk_size(torch.rand(7, 3, 32, 32)) == 1  # 4× the pixels: 4× the bytes per image
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fast(xa), plain(xb)
+    assert ya.is_contiguous() and ya.shape == yb.shape == (7, 8, 6, 6)
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+    (ya * yb.detach()).sum().backward()
+    (yb * yb.detach()).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_net_that_needs_nchw_falls_back_to_it():
+    rep = CNNLayer(NeedsNCHW().eval(), "view")
+    x = torch.rand(2, 3, 16, 16) * 255
+    with pytest.raises(RuntimeError):  # the premise: this net fails on channels-last input
+        rep.net(x.contiguous(memory_format=torch.channels_last))
+    y = rep(x)
+    assert rep.channels_last is False and y.shape == (2, 8 * 8 * 8)
+    torch.testing.assert_close(y, rep.net(x))
+
+
 def test_a_pickled_layer_keeps_its_graph():
     """The truncated graph pickles node by node (fx's own pickling re-traces and renames nodes)."""
     import pickle
@@ -318,7 +352,7 @@ def test_mobilenet_v2_layer(mobilenet_v2):
     assert list(infos) == list(m.layer_names)
     assert infos["conv1"].rf_size == (3, 3) and infos["conv1"].rf_stride == (2, 2)
     assert infos["conv_last"].rf_size == (491, 491) and infos["conv_last"].rf_stride == (32, 32)
-    rep = CNNLayer(m, "block6_add")
+    rep = CNNLayer(m, "block6_add", channels_last=False, chunk_bytes=None)  # exact: the plain NCHW pass
     assert rep.output_shape == (32, 28, 28) and rep.input_size == (224, 224)
     assert rep.mean_pixel == tuple(float(v) for v in m.mean_pixel)
     x = (torch.rand(2, 3, 224, 224) * 255).requires_grad_()

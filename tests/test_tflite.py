@@ -289,7 +289,7 @@ def test_truncate_after_copy_truncate_and_cnn_layer(mobilenet_v2):
         with torch.no_grad():
             torch.testing.assert_close(t(x), ref)
         assert t.layer_names[-1] == "block3_add"
-    rep = CNNLayer(m.truncate("block6_add"), "block3_add")
+    rep = CNNLayer(m.truncate("block6_add"), "block3_add", channels_last=False, chunk_bytes=None)  # the plain NCHW pass
     assert rep.output_shape == (24, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(rep(x), ref)
