@@ -191,3 +191,26 @@ def test_cnn_invert_method_paper_is_the_papers(tmp_path, image_file):
     settings = json.loads((out / "result.json").read_text())["settings"]
     assert (settings["param"], settings["method"], settings["jitter"]) == ("pixel", "momentum", 1)
     assert settings["lambda_tv"] == [0.5] and settings["iterations"] == 4
+
+
+def test_visualize_and_caricature_take_the_model_options(tmp_path, image_file):
+    """--model-dir (and the other loading options) reach visualize and caricature as they do invert."""
+    from preimage.data import missing_reason, shared_dir
+    root = shared_dir()
+    if root is None:
+        pytest.skip(missing_reason())
+    source = root / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+    if not source.is_file():
+        pytest.skip(f"{source} is missing")
+    models = tmp_path / "mine"
+    models.mkdir()
+    (models / "renamed.tflite").write_bytes(source.read_bytes())
+    common = ["--model", "renamed.tflite", "--model-dir", str(models), "--layer", "block2_project",
+              "--iters", "2", "--no-progress"]
+    assert main(["visualize", *common, "--channels", "0:2", "--size", "32,32", "--out", str(tmp_path / "v")]) == 0
+    assert len(json.loads((tmp_path / "v" / "result.json").read_text())["units"]) == 2
+    assert main(["caricature", str(image_file), *common, "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "caricature.png").is_file()
+    with pytest.raises(SystemExit) as exc:  # argparse: an unknown preset is exit 2
+        main(["visualize", "--model", "renamed.tflite", "--preprocess", "nonsense"])
+    assert exc.value.code == 2

@@ -17,7 +17,7 @@ import json
 
 from ..errors import PreimageError
 from ..params import PARAMETERISATIONS
-from .common import load_input, load_model, output_folder, resolve_device
+from .common import MODEL_HELP, add_model_options, load_input, load_model, output_folder, resolve_device
 from .visualize import add_optimisation_arguments, build_layer, optimisation_kwargs
 
 
@@ -25,8 +25,9 @@ def add_caricature_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``caricature`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
     sp = subparsers.add_parser("caricature", help="exaggerate what a layer sees in an image (IJCV 2016)")
     sp.add_argument("image", nargs="?", help="image file (default: a sample image bundled with scikit-image)")
-    sp.add_argument("--model", required=True, help="network (see `preimage invert --help`)")
+    sp.add_argument("--model", required=True, help=MODEL_HELP)
     sp.add_argument("--layer", required=True, help="layer, or a comma list of layers (see `preimage layers MODEL`)")
+    add_model_options(sp)
     sp.add_argument("--param", choices=sorted(PARAMETERISATIONS), default="pixel",
                     help="image parameterisation: pixel (IJCV's, default), fourier, dip")
     add_optimisation_arguments(sp)

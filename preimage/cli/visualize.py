@@ -21,14 +21,15 @@ from pathlib import Path
 from ..errors import PreimageError, UnknownNameError
 from ..paper import IJCV_BOUND, IJCV_ITERATIONS
 from ..params import PARAMETERISATIONS
-from .common import add_device_argument, load_model, output_folder, parse_floats, parse_size, resolve_device
+from .common import MODEL_HELP, add_device_argument, add_model_options, load_model, output_folder, parse_floats, parse_size, resolve_device
 
 
 def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``visualize`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
     sp = subparsers.add_parser("visualize", help="images that a layer's channels, neurons or classes respond to most")
-    sp.add_argument("--model", required=True, help="network (see `preimage invert --help`)")
+    sp.add_argument("--model", required=True, help=MODEL_HELP)
     sp.add_argument("--layer", help="layer (see `preimage layers MODEL`); default with --class: logits")
+    add_model_options(sp)
     sp.add_argument("--channels", help="channels a:b (b excluded) or a comma list (default 0:16)")
     sp.add_argument("--neuron", nargs="?", const="centre",
                     help="maximise one neuron per channel, at 'centre' (default) or y,x of the code map, "
