@@ -36,9 +36,8 @@ from .base import Representation
 __all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES"]
 
 #: On CPU a traced layer runs its batch in chunks whose largest activation is at most this many
-#: bytes, so that consecutive operations find their input in the cache: measured on MobileNet v2
-#: at 224² and 64² (benchmarks/bench_time_to_quality.py ``--compare-execution``), a 4 MiB budget
-#: makes a batch of 8 cost 0.5–0.7× per image what one unchunked batch costs.
+#: bytes, so that consecutive operations find their input in the cache (benchmarks/bench_execution.py
+#: measures it against other budgets on MobileNet v2 at 224² and 64²: at 224² a chunk is one image).
 CPU_CHUNK_BYTES = 4 << 20
 
 @dataclass(frozen=True)
@@ -188,10 +187,10 @@ class CNNLayer(Representation):
     ``channels_last`` the batch runs in channels-last memory format (oneDNN's fast kernels on CPU;
     a network that needs NCHW strides, e.g. a ``.view``, falls back to NCHW on its first call);
     on CPU a batch runs in chunks whose largest activation fits ``chunk_bytes`` (``None``: one
-    pass), computed from the layer's activation shapes. The code comes back NCHW-contiguous. Inverted by default through a
-    Fourier image (``param = "fourier"``: its Adam, schedule, prior scale and sigmoid range, calibrated
-    on train/);
-    ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
+    pass), computed from the layer's activation shapes. The code comes back NCHW-contiguous.
+
+    Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
+    scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
     400 iterations) and momentum at ``lr = 1e-2``.
     """
 
