@@ -8,7 +8,10 @@ input of MobileNet v2 layers, per image, for each execution of :class:`~preimage
 * ``channels-last``: channels-last memory format, one pass over the batch;
 * ``chunked:M``: channels-last, on CPU in chunks whose largest activation is at most M MiB
   (``chunked:default`` is :data:`~preimage.representations.cnn.CPU_CHUNK_BYTES`, what ``CNNLayer``
-  does by default).
+  does by default);
+* ``compiled`` (opt-in): ``chunked:default`` with ``torch.compile`` of the truncated network
+  (inductor; needs a C++ compiler on CPU). Its compile time is reported apart, not in the pass
+  times; a failure to compile is recorded in its row.
 
 **Measured** per (layer, size, batch, execution): milliseconds of CPU time per image of one forward
 and backward to the input (``time.process_time``, median over ``--repeats`` after a warm-up; one
@@ -44,6 +47,8 @@ from preimage.representations.cnn import CPU_CHUNK_BYTES, CNNLayer  # noqa: E402
 
 def execution_options(name: str) -> dict:
     """``CNNLayer`` keyword arguments of an execution name (see the module docstring)."""
+    if name == "compiled":
+        return {"channels_last": True, "chunk_bytes": CPU_CHUNK_BYTES}
     if name == "nchw":
         return {"channels_last": False, "chunk_bytes": None}
     if name == "channels-last":
@@ -68,6 +73,15 @@ def bench_layer(model, layer: str, size: int, batch: int, executions: list[str],
     """Every execution on one (layer, size, batch): rows with ms per image and the code difference."""
     reps = {e: CNNLayer(model, layer, input_size=(size, size), **execution_options(e)) for e in executions}
     x = 255 * torch.rand((batch, 3, size, size), generator=torch.Generator().manual_seed(0))
+    compile_seconds = None
+    if "compiled" in reps:
+        try:
+            compile_seconds = compile_net(reps["compiled"], x)
+        except Exception as e:  # noqa: BLE001 - inductor's failures are many; the row says which
+            executions = [e2 for e2 in executions if e2 != "compiled"]
+            failed = {"layer": layer, "size": size, "batch": batch, "execution": "compiled",
+                      "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            return [failed] + bench_layer(model, layer, size, batch, executions, repeats)
     with torch.no_grad():
         codes = {e: r(x) for e, r in reps.items()}
     times: dict[str, list[float]] = {e: [] for e in executions}
@@ -81,17 +95,28 @@ def bench_layer(model, layer: str, size: int, batch: int, executions: list[str],
              "images_per_pass": reps[e].chunk_size(x),
              "ms_per_image": 1e3 * statistics.median(times[e]) / batch,
              "max_abs_difference": float((codes[e] - base).abs().max()),
-             "code_scale": float(base.abs().max())} for e in executions]
+             "code_scale": float(base.abs().max()),
+             **({"compile_seconds": compile_seconds} if e == "compiled" else {})} for e in executions]
+
+
+def compile_net(rep: CNNLayer, x: torch.Tensor) -> float:
+    """Replace ``rep.net`` by its ``torch.compile``d version and compile it for ``x`` (a forward and
+    a backward): the wall seconds that took."""
+    rep.net = torch.compile(rep.net)
+    t0 = time.perf_counter()
+    pass_seconds(rep, x)
+    return time.perf_counter() - t0
 
 
 def add_ratios(rows: list[dict]) -> None:
     """``vs_nchw`` (to ``nchw`` at the same layer, size and batch) and ``vs_nchw_batch1`` (to
     ``nchw`` at batch 1): costs per image, below 1 is faster."""
-    nchw = {(r["layer"], r["size"], r["batch"]): r["ms_per_image"] for r in rows if r["execution"] == "nchw"}
+    nchw = {(r["layer"], r["size"], r["batch"]): r["ms_per_image"] for r in rows
+            if r["execution"] == "nchw" and "error" not in r}
     smallest = {}
     for (layer, size, batch), ms in sorted(nchw.items(), key=lambda kv: kv[0][2]):
         smallest.setdefault((layer, size), ms)
-    for r in rows:
+    for r in (r for r in rows if "error" not in r):
         same, one = nchw.get((r["layer"], r["size"], r["batch"])), smallest.get((r["layer"], r["size"]))
         r["vs_nchw"] = r["ms_per_image"] / same if same else None
         r["vs_nchw_batch1"] = r["ms_per_image"] / one if one else None
@@ -148,9 +173,14 @@ def markdown(out: dict) -> str:
              f"{out['settings']['cpu_chunk_bytes'] / (1 << 20):g} MiB; {out['total_seconds'] / 60:.1f} min in all.", "",
              "| layer | size | batch | execution | images / pass | ms / image | × nchw (same batch) "
              "| × nchw batch 1 | max. code difference |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = (lambda v: "—" if v is None or not math.isfinite(v) else f"{v:.2f}")
     for r in out["rows"]:
-        fmt = (lambda v: "—" if v is None or not math.isfinite(v) else f"{v:.2f}")
-        lines.append(f"| {r['layer']} | {r['size']}² | {r['batch']} | {r['execution']} | {r['images_per_pass']} "
+        if "error" in r:
+            lines.append(f"| {r['layer']} | {r['size']}² | {r['batch']} | {r['execution']} | failed: {r['error'][:80]} "
+                         "| | | | |")
+            continue
+        name = r["execution"] + (f" (compiling: {r['compile_seconds']:.0f} s)" if r.get("compile_seconds") else "")
+        lines.append(f"| {r['layer']} | {r['size']}² | {r['batch']} | {name} | {r['images_per_pass']} "
                      f"| {r['ms_per_image']:.1f} | {fmt(r['vs_nchw'])} | {fmt(r['vs_nchw_batch1'])} "
                      f"| {r['max_abs_difference']:.1e} (of {r['code_scale']:.0f}) |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,9 @@ resuming, and (opt-in) the whole --quick run."""
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -333,3 +336,16 @@ def test_hoggle_units_do_not_all_train_the_dictionary_at_once():
     order = submission_order([inv[0], hog[0], inv[1], hog[1], inv[2], hog[2]])
     assert [u.key for u in order] == [u.key for u in [hog[0], *inv, hog[1], hog[2]]]
     assert submission_order(inv) == inv
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_units_undo_dasks_malloc_trim_threshold():
+    """A Dask worker's MALLOC_TRIM_THRESHOLD_ is undone once per process; without it nothing is done."""
+    code = ("from preimage.experiments.units import restore_malloc_thresholds as r; "
+            "print(r(), r())")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    dask = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"},
+                          capture_output=True, text=True, timeout=120)
+    assert plain.stdout.split() == ["False", "False"], plain.stderr
+    assert dask.stdout.split() == ["True", "False"], dask.stderr

@@ -246,8 +246,12 @@ def _connect(scheduler: str | None, workers: int, torch_threads: int | None, das
         info = {"scheduler": scheduler, "workers": len(client.scheduler_info().get("workers", {}))}
     else:
         threads = torch_threads or 1
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=dashboard, silence_logs=logging.ERROR)
+        import dask
+        # Dask's nanny would start the workers with MALLOC_TRIM_THRESHOLD_=65536, which triples an
+        # inversion's CPU time (units.restore_malloc_thresholds); None leaves glibc's defaults
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=dashboard, silence_logs=logging.ERROR)
         client = Client(cluster)
         info = {"scheduler": "LocalCluster", "workers": workers, "threads_per_worker": 1, "torch_threads": threads}
     try:
