@@ -102,8 +102,9 @@ METHODS = ("paper", "paper-nchw", "default", "momentum", "adam", "lbfgs", "early
 #: methods that run on CNN layers only
 CNN_ONLY = ("paper-nchw", "cnnvis", "cnnvis-best")
 SHALLOW_SIZE = (227, 227)
-#: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK)
-REACH_SLACK = 1e-9
+#: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK): the
+#: same algorithm through another execution (``paper-nchw``) ends 1e-3 (relative) away by rounding alone
+REACH_SLACK = 2e-3
 
 
 # ----------------------------------------------------------------------------------------------
