@@ -170,6 +170,66 @@ def fast_atan2_turns(gy: torch.Tensor, gx: torch.Tensor, num_orientations: int) 
     return angle * (num_orientations / (2 * math.pi))
 
 
+def _orient(img: torch.Tensor, T: int, cx: torch.Tensor, cy: torch.Tensor, need: bool):
+    """The per-pixel stage of :class:`_OrientedGradients`: grey ``(B, H, W)`` → ``(mod, lo, frac,
+    saved)``, each ``(B, H, W)``: the gradient modulus, its first orientation bin (float, the
+    second is ``(lo + 1) mod T`` with weight ``frac``) and, when ``need``, what
+    :func:`_orient_backward` uses (else ``None``)."""
+    # 0.5·central difference inside, one-sided at the borders: replicate padding makes the
+    # border difference I[1] − I[0], and cx/cy are 0.5 inside and 1 on the border pixels.
+    p = torch.nn.functional.pad(img, (1, 1), mode="replicate")
+    gx = (p[..., 2:] - p[..., :-2]).mul_(cx)
+    p = torch.nn.functional.pad(img.unsqueeze(1), (0, 0, 1, 1), mode="replicate").squeeze(1)
+    gy = (p[..., 2:, :] - p[..., :-2, :]).mul_(cy)
+    mod, dmod = _fast_sqrt_parts(gx * gx + gy * gy, need)
+
+    # vl_fast_atan2_f: r = ±(|x| − |y|')/(|x| + |y|'), angle = π/4 or 3π/4 + (c3·r² − c1)·r,
+    # negated for y < 0, then wrapped to [0, 2π) (here in bin units, which is the same).
+    abs_y = gy.abs() + FLT_EPSILON
+    abs_x = gx.abs()
+    sx = torch.sign(torch.sign(gx) + 0.5)             # +1 for gx ≥ 0 (−0 included), else −1
+    sy = torch.sign(torch.sign(gy) + 0.5)             # +1 for gy ≥ 0 (−0 included), else −1
+    den = abs_x + abs_y
+    r = (abs_x - abs_y) / den * sx
+    r2 = r * r
+    k = T / (2 * math.pi)
+    nt = ((_C3 * r2 - _C1) * r + (math.pi / 2) - (math.pi / 4) * sx) * (sy * k)
+    nt = nt - T * torch.floor(nt * (1.0 / T))         # [0, T]
+    lo = torch.floor(nt).clamp_(max=T - 1)            # nt == T goes to bin T−1 with weight 0
+    frac = nt - lo
+    saved = None
+    if need:
+        # d nt / d(gx, gy) of the polynomial (one-sided at gx = 0 and gy = 0, as VLFeat's
+        # branches): k·sy·P'(r)·2|y|'/den², −k·sx·P'(r)·2|x|/den², P'(r) = 3c3·r² − c1.
+        common = (3 * _C3 * r2 - _C1) * (2 * k) / (den * den)
+        dnt_dx = common * sy * abs_y
+        dnt_dy = common * sx * abs_x
+        dnt_dy.neg_()
+        saved = (gx, gy, mod, dmod, frac, dnt_dx, dnt_dy)
+    return mod, lo, frac, saved
+
+
+def _orient_backward(saved, g_lo: torch.Tensor, diff: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor):
+    """The image gradient ``(B, H, W)`` from ``dL/d(bin lo)`` ``g_lo`` and ``dL/d(bin hi) − g_lo``
+    ``diff`` (per pixel, ``(B, H, W)``), with ``saved`` of :func:`_orient`."""
+    gx, gy, mod, dmod, frac, dnt_dx, dnt_dy = saved
+    d_g2 = (g_lo + frac * diff) * dmod * 2.0        # dL/d(gx²+gy²) × 2
+    d_nt = diff * mod
+    a = (d_g2 * gx + d_nt * dnt_dx) * cx             # dL/dgx × its difference weight
+    b = (d_g2 * gy + d_nt * dnt_dy) * cy
+    gimg = torch.zeros_like(a)
+    # transpose of the difference operators (one-sided at the borders)
+    gimg[..., 1:] += a[..., :-1]
+    gimg[..., -1] += a[..., -1]
+    gimg[..., :-1] -= a[..., 1:]
+    gimg[..., 0] -= a[..., 0]
+    gimg[..., 1:, :] += b[..., :-1, :]
+    gimg[..., -1, :] += b[..., -1, :]
+    gimg[..., :-1, :] -= b[..., 1:, :]
+    gimg[..., 0, :] -= b[..., 0, :]
+    return gimg
+
+
 class _OrientedGradients(torch.autograd.Function):
     """Grey image ``(B, H, W)`` → gradient modulus split over T orientation channels ``(B, T, H, W)``.
 
@@ -180,29 +240,8 @@ class _OrientedGradients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, img, num_orientations, cx, cy):
         T = num_orientations
-        # 0.5·central difference inside, one-sided at the borders: replicate padding makes the
-        # border difference I[1] − I[0], and cx/cy are 0.5 inside and 1 on the border pixels.
-        p = torch.nn.functional.pad(img, (1, 1), mode="replicate")
-        gx = (p[..., 2:] - p[..., :-2]).mul_(cx)
-        p = torch.nn.functional.pad(img.unsqueeze(1), (0, 0, 1, 1), mode="replicate").squeeze(1)
-        gy = (p[..., 2:, :] - p[..., :-2, :]).mul_(cy)
         need = ctx.needs_input_grad[0]
-        mod, dmod = _fast_sqrt_parts(gx * gx + gy * gy, need)
-
-        # vl_fast_atan2_f: r = ±(|x| − |y|')/(|x| + |y|'), angle = π/4 or 3π/4 + (c3·r² − c1)·r,
-        # negated for y < 0, then wrapped to [0, 2π) (here in bin units, which is the same).
-        abs_y = gy.abs() + FLT_EPSILON
-        abs_x = gx.abs()
-        sx = torch.sign(torch.sign(gx) + 0.5)             # +1 for gx ≥ 0 (−0 included), else −1
-        sy = torch.sign(torch.sign(gy) + 0.5)             # +1 for gy ≥ 0 (−0 included), else −1
-        den = abs_x + abs_y
-        r = (abs_x - abs_y) / den * sx
-        r2 = r * r
-        k = T / (2 * math.pi)
-        nt = ((_C3 * r2 - _C1) * r + (math.pi / 2) - (math.pi / 4) * sx) * (sy * k)
-        nt = nt - T * torch.floor(nt * (1.0 / T))         # [0, T]
-        lo = torch.floor(nt).clamp_(max=T - 1)            # nt == T goes to bin T−1 with weight 0
-        frac = nt - lo
+        mod, lo, frac, saved = _orient(img, T, cx, cy, need)
         hi = lo + 1.0 - T * torch.relu(lo - (T - 2))      # (lo + 1) mod T
         lo_i = lo.long().unsqueeze(1)
         hi_i = hi.long().unsqueeze(1)
@@ -211,35 +250,112 @@ class _OrientedGradients(torch.autograd.Function):
         out.scatter_(1, lo_i, (mod - hi_part).unsqueeze(1))
         out.scatter_add_(1, hi_i, hi_part.unsqueeze(1))
         if need:
-            # d nt / d(gx, gy) of the polynomial (one-sided at gx = 0 and gy = 0, as VLFeat's
-            # branches): k·sy·P'(r)·2|y|'/den², −k·sx·P'(r)·2|x|/den², P'(r) = 3c3·r² − c1.
-            common = (3 * _C3 * r2 - _C1) * (2 * k) / (den * den)
-            dnt_dx = common * sy * abs_y
-            dnt_dy = common * sx * abs_x
-            dnt_dy.neg_()
-            ctx.save_for_backward(gx, gy, mod, dmod, frac, lo_i, hi_i, dnt_dx, dnt_dy, cx, cy)
+            ctx.save_for_backward(*saved, lo_i, hi_i, cx, cy)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        gx, gy, mod, dmod, frac, lo_i, hi_i, dnt_dx, dnt_dy, cx, cy = ctx.saved_tensors
+        *saved, lo_i, hi_i, cx, cy = ctx.saved_tensors
         g_lo = grad.gather(1, lo_i).squeeze(1)
         diff = grad.gather(1, hi_i).squeeze(1) - g_lo
-        d_g2 = (g_lo + frac * diff) * dmod * 2.0        # dL/d(gx²+gy²) × 2
-        d_nt = diff * mod
-        a = (d_g2 * gx + d_nt * dnt_dx) * cx             # dL/dgx × its difference weight
-        b = (d_g2 * gy + d_nt * dnt_dy) * cy
-        gimg = torch.zeros_like(a)
-        # transpose of the difference operators (one-sided at the borders)
-        gimg[..., 1:] += a[..., :-1]
-        gimg[..., -1] += a[..., -1]
-        gimg[..., :-1] -= a[..., 1:]
-        gimg[..., 0] -= a[..., 0]
-        gimg[..., 1:, :] += b[..., :-1, :]
-        gimg[..., -1, :] += b[..., -1, :]
-        gimg[..., :-1, :] -= b[..., 1:, :]
-        gimg[..., 0, :] -= b[..., 0, :]
-        return gimg, None, None, None
+        return _orient_backward(saved, g_lo, diff, cx, cy), None, None, None
+
+
+class _Pooling:
+    """Constants of :class:`_PooledGradients` for one image size, device and dtype.
+
+    The triangular filters sample the image at the unique bin-centre rows ``ry`` and columns
+    ``rx``; when every pixel lies within reach of at most two adjacent sampled rows (columns),
+    which holds whenever the sampled positions are ``bin_size`` apart (``step`` a multiple of
+    ``bin_size``, the defaults and the authors' setting), each pixel's modulus goes into 2
+    orientations × 2 × 2 sampled positions of a grid ``(B, T+1, Ry+1, Rx+1)`` (channel T stands
+    for bin 0, the last row and column are padding). ``base`` ``(B·H·W,)`` holds the flat position
+    of each pixel's first cell, ``corners`` the offsets of the four and ``weights`` ``(4, H, W)``
+    their triangle weights (VLFeat's replicate padding folded in).
+    """
+
+    def __init__(self, ky: np.ndarray, kx: np.ndarray, T: int, device, dtype):
+        (fy, wy), (fx, wx) = self.first(ky), self.first(kx)   # ky (Ry, H), kx (Rx, W)
+        self.ok = fy is not None and fx is not None
+        if not self.ok:
+            return
+        self.T, self.Ry, self.Rx = T, ky.shape[0], kx.shape[0]
+        self.row = self.Rx + 1
+        self.stride = (self.Ry + 1) * self.row
+        self.corners = (0, 1, self.row, self.row + 1)
+        self._pixel = torch.as_tensor((fy[:, None] * self.row + fx[None, :]).reshape(-1), device=device)
+        self.weights = torch.as_tensor((wy[:, None, :, None] * wx[None, :, None, :]).reshape(4, len(fy), len(fx)),
+                                       dtype=dtype, device=device)
+        self._base = torch.zeros(0, dtype=torch.int64, device=device)
+
+    @staticmethod
+    def first(k: np.ndarray):
+        """``(first, weights (2, n))`` of a ``(R, n)`` filter whose columns have their non-zeros in
+        two adjacent rows at most (``first`` the upper one); ``(None, None)`` otherwise."""
+        nz = k != 0
+        some = nz.any(0)
+        first = np.where(some, nz.argmax(0), 0)
+        last = np.where(some, k.shape[0] - 1 - nz[::-1].argmax(0), 0)
+        if ((last - first) > 1).any():
+            return None, None
+        cols = np.arange(k.shape[1])
+        padded = np.vstack([k, np.zeros((1, k.shape[1]))])
+        return first, np.stack([padded[first, cols], padded[first + 1, cols]])
+
+    def base(self, batch: int) -> torch.Tensor:
+        """``(batch·H·W,)`` int64: each pixel's first cell, for orientation 0."""
+        need = batch * self._pixel.numel()
+        if self._base.numel() < need:
+            offsets = torch.arange(batch, device=self._pixel.device).view(-1, 1) * ((self.T + 1) * self.stride)
+            self._base = (offsets + self._pixel).view(-1)
+        return self._base[:need]
+
+
+class _PooledGradients(torch.autograd.Function):
+    """Grey image ``(B, H, W)`` → the oriented gradients of :class:`_OrientedGradients` filtered by
+    the triangles at the sampled rows and columns, ``(B, T, Ry, Rx)`` (= ``ky @ grads @ kx``),
+    without forming ``(B, T, H, W)``: per pixel, index-adds into its 2 × 2 × 2 cells
+    (:class:`_Pooling`). Hand-written backward (index-selects, then :func:`_orient_backward`)."""
+
+    @staticmethod
+    def forward(ctx, img, num_orientations, cx, cy, pool: _Pooling):
+        T, B = num_orientations, img.shape[0]
+        need = ctx.needs_input_grad[0]
+        mod, lo, frac, saved = _orient(img, T, cx, cy, need)
+        hi_part = frac * mod
+        parts = (mod - hi_part, hi_part)                   # to bins lo and lo + 1 (T stands for 0)
+        idx = torch.add(pool.base(B), lo.view(-1).long(), alpha=pool.stride)
+        size = B * (T + 1) * pool.stride
+        cells = img.new_zeros(size + pool.stride + pool.row + 1)
+        for shift, part in zip((0, pool.stride), parts):
+            for offset, weight in zip(pool.corners, pool.weights):
+                cells[shift + offset:].index_add_(0, idx, (part * weight).view(-1))
+        cells = cells[:size].view(B, T + 1, pool.Ry + 1, pool.Rx + 1)
+        cells[:, 0] += cells[:, T]
+        if need:
+            ctx.pool = pool
+            ctx.save_for_backward(*saved, idx, cx, cy)
+        return cells[:, :T, :pool.Ry, :pool.Rx].contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        *saved, idx, cx, cy = ctx.saved_tensors
+        pool = ctx.pool
+        B, T = grad.shape[:2]
+        size = B * (T + 1) * pool.stride
+        padded = grad.new_zeros(size + pool.stride + pool.row + 1)
+        cells = padded[:size].view(B, T + 1, pool.Ry + 1, pool.Rx + 1)
+        cells[:, :T, :pool.Ry, :pool.Rx] = grad
+        cells[:, T] = cells[:, 0]
+        g = []
+        for shift in (0, pool.stride):
+            acc = None
+            for offset, weight in zip(pool.corners, pool.weights):
+                term = padded[shift + offset:].index_select(0, idx).view(B, *weight.shape).mul_(weight)
+                acc = term if acc is None else acc.add_(term)
+            g.append(acc)
+        return _orient_backward(saved, g[0], g[1].sub_(g[0]), cx, cy), None, None, None, None
 
 
 class _Normalize(torch.autograd.Function):
@@ -253,7 +369,7 @@ class _Normalize(torch.autograd.Function):
         r1, dr1 = _fast_sqrt_parts(s1, need)
         n1 = r1 + FLT_EPSILON
         c = d / n1
-        keep_c = c <= 0.2
+        keep_c = torch.le(c, 0.2, out=torch.empty_like(c)) if need else None  # 1 where not clamped
         c = c.clamp_(max=0.2)
         if renormalize:
             s2 = (c * c).sum(1, keepdim=True)
@@ -263,7 +379,8 @@ class _Normalize(torch.autograd.Function):
         else:
             e = c
         out = e.mul_(512.0)
-        keep_o = out <= 255.0
+        if need:
+            keep_o = torch.le(out, 255.0, out=torch.empty_like(out)).mul_(512.0)  # 512 where not clamped
         out = out.clamp_(max=255.0)
         if need:
             ctx.renormalize = renormalize
@@ -276,14 +393,14 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         d, n1, dr1, keep_c, keep_o, c, *rest = ctx.saved_tensors
-        g = grad * keep_o * 512.0
+        g = grad * keep_o
         if ctx.renormalize:
             n2, dr2 = rest
             # e = c / n2, n2 = fast_sqrt(Σc²) + ε
-            g = (g - c * ((g * c).sum(1, keepdim=True) * (2.0 * dr2 / n2))) / n2
-        g = g * keep_c
+            g = g.sub_(c * ((g * c).sum(1, keepdim=True) * (2.0 * dr2 / n2))).div_(n2)
+        g = g.mul_(keep_c)
         # c = d / n1 (before the clamp), n1 = fast_sqrt(Σd²) + ε
-        g = (g - d * ((g * d).sum(1, keepdim=True) * (2.0 * dr1 / n1))) / n1
+        g = g.sub_(d * ((g * d).sum(1, keepdim=True) * (2.0 * dr1 / n1))).div_(n1)
         return g, None
 
 
@@ -401,7 +518,9 @@ class DenseSIFT(Representation):
     # -- computation --------------------------------------------------------------------------------
     def _matrices(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
         """Cached per (size, device, dtype): x filter (W, Rx), y filter × window (nb·ny, H),
-        x selection × window (Rx, nb·nx), and the pixel-border factor for the x/y derivatives."""
+        x selection × window (Rx, nb·nx), the pixel-border factors for the x/y derivatives, and
+        the sparse form of the filters (:class:`_Pooling`) with its y selection × window
+        (nb·ny, Ry)."""
         key = (height, width, str(device), dtype)
         mats = self._cache.get(key)
         if mats is None:
@@ -411,17 +530,20 @@ class DenseSIFT(Representation):
             rows = (np.arange(ny)[None, :] * self.step + np.arange(nb)[:, None] * bs).reshape(-1)
             cols = (np.arange(nx)[None, :] * self.step + np.arange(nb)[:, None] * bs).reshape(-1)
             ucols, inv = np.unique(cols, return_inverse=True)
-            kx = _triangle_matrix(width, ucols, bs).T                       # (W, Rx)
-            ky = _triangle_matrix(height, rows, bs)                         # (nb·ny, H)
-            ky *= np.repeat(self._bin_weight, ny)[:, None]
+            urows, inv_y = np.unique(rows, return_inverse=True)
+            kx = _triangle_matrix(width, ucols, bs)                         # (Rx, W)
+            ky = _triangle_matrix(height, urows, bs)                        # (Ry, H)
             sel = np.zeros((len(ucols), nb * nx))
             sel[inv.reshape(-1), np.arange(nb * nx)] = np.repeat(self._bin_weight, nx)
+            sel_y = np.zeros((nb * ny, len(urows)))
+            sel_y[np.arange(nb * ny), inv_y.reshape(-1)] = np.repeat(self._bin_weight, ny)
             cx = np.full(width, 0.5)
             cx[[0, -1]] = 1.0
             cy = np.full(height, 0.5)
             cy[[0, -1]] = 1.0
             as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device).contiguous()
-            mats = (as_t(kx), as_t(ky), as_t(sel), as_t(cx), as_t(cy[:, None]))
+            mats = (as_t(kx.T), as_t(sel_y @ ky), as_t(sel), as_t(cx), as_t(cy[:, None]),
+                    _Pooling(ky, kx, self.num_orientations, device, dtype), as_t(sel_y))
             if len(self._cache) > 16:
                 self._cache.clear()
             self._cache[key] = mats
@@ -457,14 +579,17 @@ class DenseSIFT(Representation):
         b, _, h, w = x.shape
         T, nb = self.num_orientations, self.num_spatial_bins
         ny, nx = self.grid_size(h, w)
-        kx, ky, sel, cx, cy = self._matrices(h, w, x.device, x.dtype)
+        kx, ky, sel, cx, cy, pool, sel_y = self._matrices(h, w, x.device, x.dtype)
 
-        grads = _OrientedGradients.apply(x[:, 0], T, cx, cy)              # (B, T, H, W)
-
-        # Separable triangular filtering sampled at the bin centres, Gaussian window folded in.
-        a = grads @ kx                                                      # (B, T, H, Rx)
-        a = ky @ a                                                          # (B, T, nb·ny, Rx)
-        d = a @ sel                                                         # (B, T, nb·ny, nb·nx)
+        if pool.ok:  # filtered at the sampled rows/columns pixel by pixel, then the window
+            a = _PooledGradients.apply(x[:, 0], T, cx, cy, pool)          # (B, T, Ry, Rx)
+            d = sel_y @ a @ sel                                             # (B, T, nb·ny, nb·nx)
+        else:
+            grads = _OrientedGradients.apply(x[:, 0], T, cx, cy)          # (B, T, H, W)
+            # Separable triangular filtering sampled at the bin centres, Gaussian window folded in.
+            a = grads @ kx                                                  # (B, T, H, Rx)
+            a = ky @ a                                                      # (B, T, nb·ny, Rx)
+            d = a @ sel                                                     # (B, T, nb·ny, nb·nx)
         return d.view(b, T, nb, ny, nb, nx).permute(0, 2, 4, 1, 3, 5).reshape(b, T * nb * nb, ny, nx)
 
     def extra_repr(self) -> str:

@@ -72,126 +72,232 @@ from .glyph import hog_glyph
 VARIANTS = ("uoctti", "dalaltriggs")
 
 
-def _axis_weights(n_pixels: int, n_cells: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+#: Pixels whose angle is within this many bins of a decision boundary (mid-way between two bins
+#: for the best bin; a bin centre, for HOGb's runner-up) are decided with VLFeat's exact
+#: projections; elsewhere the angle decides (its error, ~1e-6 bins, is far below this margin).
+_MARGIN = 1e-2
+
+
+def _axis_weights(n_pixels: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
     """VLFeat's bilinear spatial binning along one axis, for the interior pixels 1 … n_pixels−2.
 
     Pixel ``x`` sits at ``(x + 0.5)/cell − 0.5`` in cell units: it gives ``1 − frac`` to cell
-    ``floor`` and ``frac`` to the next one; cells outside ``[0, n_cells)`` get nothing. Returns
-    ``(cells, weights)``, both ``(2, n_pixels − 2)`` (cells clipped into range where the weight is 0).
+    ``floor`` and ``frac`` to the next one. Returns ``(first, weights)``: ``first`` ``(n_pixels − 2,)``
+    the first cell (−1 … n_cells − 1; cells outside the grid are dropped later), ``weights``
+    ``(2, n_pixels − 2)``.
     """
     pos = (np.arange(1, n_pixels - 1) + 0.5) / cell - 0.5
     first = np.floor(pos).astype(np.int64)
-    cells = np.stack([first, first + 1])
-    weights = np.stack([1.0 - (pos - first), pos - first])
-    inside = (cells >= 0) & (cells < n_cells)
-    return np.clip(cells, 0, n_cells - 1), np.where(inside, weights, 0.0)
+    return first, np.stack([1.0 - (pos - first), pos - first])
 
 
-class _RowHistograms(torch.autograd.Function):
-    """Image batch → directed histograms pooled along x only, ``(B, 2n, H−2, w)``.
+class _Layout:
+    """Per-size constants of :class:`_CellHistograms` (one image size, device and dtype).
+
+    Cells live in a zero-padded grid ``(B, 2n, h+2, w+2)`` (cell (i, j) at (i+1, j+1)), so that
+    every interior pixel's four cells (first y/x cell −1 … h−1/w−1, and the next) are inside it:
+    ``base`` holds, per sample and pixel, the flat position of the pixel's first cell for bin 0
+    (``b·2n·S + (cy+1)·(w+2) + cx + 1``, S = (h+2)(w+2)); bin ``d`` adds ``d·S`` and the other
+    three corners ``1``, ``w+2``, ``w+3``. ``weights`` ``(4, H−2, W−2)``: the corners' bilinear
+    weights. ``table`` ``(3·4, n)``: column k holds cos, sin and the index of k' = k−1, k, k+1, k+2
+    (mod n) (VLFeat's float32 values for float32 input); ``directed`` ``(2, 2n)`` cos, sin of the
+    2n directed bins (u_{k+n} = −u_k).
+    """
+
+    def __init__(self, height: int, width: int, cell: int, n: int, device, dtype):
+        h, w = (height + cell // 2) // cell, (width + cell // 2) // cell
+        self.h, self.w, self.n = h, w, n
+        self.row = w + 2
+        self.stride = (h + 2) * (w + 2)
+        self.corners = (0, 1, w + 2, w + 3)
+        cy, wy = _axis_weights(height, cell)
+        cx, wx = _axis_weights(width, cell)
+        self._pixel = torch.as_tensor(((cy[:, None] + 1) * (w + 2) + cx[None, :] + 1).reshape(-1), device=device)
+        self.weights = torch.as_tensor((wy[:, None, :, None] * wx[None, :, None, :]).reshape(4, height - 2, width - 2),
+                                       dtype=dtype, device=device)
+        ang = np.arange(n) * math.pi / n
+        cos, sin = np.cos(ang), np.sin(ang)
+        if dtype == torch.float32:
+            # VLFeat stores float(cos), float(sin) (rounded, so not exactly of unit norm);
+            # float32 inputs use those values so that scores and ties come out identical.
+            # Other dtypes use exact ones: with the rounded ones, acos(|g·u|/|g|) is off by
+            # ~1e-8/angle near a bin centre, which would spoil float64 gradient checks.
+            cos, sin = cos.astype(np.float32), sin.astype(np.float32)
+        k = (np.arange(n)[None, :] + np.arange(-1, 3)[:, None]) % n  # (4, n)
+        table = np.stack([cos[k], sin[k], k.astype(np.float64)])  # (3, 4, n)
+        self.table = torch.as_tensor(table.reshape(12, n), dtype=dtype, device=device)
+        self.directed = torch.as_tensor(np.stack([np.concatenate([cos, -cos]), np.concatenate([sin, -sin])]),
+                                        dtype=dtype, device=device)
+        self._base = torch.zeros(0, dtype=torch.int32, device=device)
+        self.index_dtype = torch.int32
+
+    def base(self, batch: int) -> torch.Tensor:
+        """``(batch·N,)`` flat first-cell positions of every pixel of ``batch`` samples (bin 0)."""
+        need = batch * self._pixel.numel()
+        if self._base.numel() < need:
+            total = batch * 2 * self.n * self.stride
+            self.index_dtype = torch.int32 if total < 2 ** 31 - 1 else torch.int64
+            offsets = torch.arange(batch, device=self._pixel.device).view(-1, 1) * (2 * self.n * self.stride)
+            self._base = (offsets + self._pixel).view(-1).to(self.index_dtype)
+        return self._base[:need]
+
+
+def _exact_bins(gx: torch.Tensor, gy: torch.Tensor, n: int, bilinear: bool, table: torch.Tensor):
+    """VLFeat's orientation assignment of gradients ``gx``, ``gy`` ``(M,)``, exactly.
+
+    VLFeat picks the orientation k maximising |g·u_k| (the first k on ties); the maximum is one of
+    the two orientations ka, ka+1 either side of the gradient's angle, and their scores are computed
+    as VLFeat computes them, so near-ties are decided identically. HOGb's runner-up is the better of
+    k0's two neighbours (the lower k on ties); at an exact bin centre either side may win, and
+    VLFeat's rounding can still give it a small weight there. Returns float tensors ``(M,)``:
+    the directed bin, and for HOGb the runner-up's directed bin and ``tr`` (1: the runner-up is
+    k0 + 1, 0: k0 − 1); ``None`` for those without HOGb.
+    """
+    pos = torch.atan2(gy, gx).mul_(n / math.pi)  # in [-n, n]
+    pos = torch.nan_to_num_(pos, nan=0.0)
+    pos.add_((pos < 0).to(gx.dtype), alpha=n)
+    ka = pos.floor_().clamp_(0, n - 1).long()
+    J = 4 if bilinear else 2
+    rows = table.view(3, 4, n)[:, (0 if bilinear else 1):(4 if bilinear else 3)].reshape(3 * J, n)
+    q = rows.index_select(1, ka).view(3, J, -1)  # field (cos, sin, k') of k' = ka-1 … ka+2
+    score = gx * q[0] + gy * q[1]
+    ascore = score.abs()
+    kk = q[2]
+    i = 1 if bilinear else 0  # position of ka
+    tb = ascore[i + 1] > ascore[i]
+    tb = tb | ((ascore[i + 1] == ascore[i]) & (kk[i + 1] < kk[i]))
+    s0 = torch.where(tb, score[i + 1], score[i])
+    k0 = torch.where(tb, kk[i + 1], kk[i])
+    bin0 = k0 + (s0 < 0).to(gx.dtype) * n
+    if not bilinear:
+        return bin0, None, None
+    sl, sr = torch.where(tb, score[1], score[0]), torch.where(tb, score[3], score[2])
+    kl, kr = torch.where(tb, kk[1], kk[0]), torch.where(tb, kk[3], kk[2])
+    al, ar = sl.abs(), sr.abs()
+    tr = (ar > al) | ((ar == al) & (kr < kl))
+    s1, k1 = torch.where(tr, sr, sl), torch.where(tr, kr, kl)
+    return bin0, k1 + (s1 < 0).to(gx.dtype) * n, tr.to(gx.dtype)
+
+
+def _gradients(x: torch.Tensor):
+    """Central differences of the winning colour channel: ``gx, gy, n2`` ``(B, H−2, W−2)`` and the
+    one-hot ``(B, C, H−2, W−2)`` of the winner (``None`` for grey)."""
+    C = x.shape[1]
+    gx = x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]  # (B, C, Hi, Wi), no ½ (VLFeat)
+    gy = x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]
+    n2 = gx * gx
+    n2 += gy * gy
+    if C == 1:
+        return gx[:, 0], gy[:, 0], n2[:, 0], None
+    # per pixel, the channel with the largest squared gradient (the first on ties)
+    win = torch.zeros_like(n2[:, 0])
+    best = n2[:, 0]
+    for ch in range(1, C):
+        better = (n2[:, ch] > best).to(x.dtype)
+        win = win + better * (ch - win)
+        best = torch.maximum(best, n2[:, ch])
+    onehot = (win.unsqueeze(1) == torch.arange(C, device=x.device, dtype=x.dtype).view(1, C, 1, 1))
+    onehot = onehot.to(x.dtype)
+    return (gx * onehot).sum(1), (gy * onehot).sum(1), best, onehot
+
+
+def _orientations(gx: torch.Tensor, gy: torch.Tensor, n: int, bilinear: bool, table: torch.Tensor):
+    """Directed bins of every pixel, VLFeat's: ``(bin0, bin1, tr)`` as for :func:`_exact_bins`,
+    float tensors shaped like ``gx`` (contiguous). The angle decides, except within
+    :data:`_MARGIN` of a decision boundary, where :func:`_exact_bins` does."""
+    pos = torch.atan2(gy, gx).mul_(n / math.pi)  # directed bins, in [-n, n]
+    pos.nan_to_num_(nan=0.0).add_(2 * n)  # in [n, 3n] (NaN input: NaN code rather than an index error)
+    low = pos.floor()
+    dist = pos.sub_(low).sub_(0.5)  # in [-0.5, 0.5): position between bins low and low + 1
+    up = torch.gt(dist, 0, out=torch.empty_like(dist))  # 1 where bin low + 1 is nearer
+    bins = [low + up]
+    tr = None
+    if bilinear:  # the runner-up is the other neighbour: on the right (k0 + 1) when low is best
+        bins.append(low.add_(1).sub_(up))
+        tr = up.neg_().add_(1)
+        amb = dist.abs_().sub_(0.25).abs_() > 0.25 - _MARGIN  # near mid-way, or near a bin centre
+    else:
+        amb = dist.abs_() < _MARGIN
+    wrap = torch.empty_like(dist)
+    for b in bins:  # modulo 2n
+        b.sub_(torch.ge(b, 2 * n, out=wrap), alpha=2 * n)
+    sel = amb.view(-1).nonzero().squeeze(1)
+    if sel.numel():
+        exact = _exact_bins(gx.reshape(-1).index_select(0, sel), gy.reshape(-1).index_select(0, sel),
+                            n, bilinear, table)
+        for t, e in zip(bins + [tr], exact):
+            if t is not None:
+                t.view(-1).index_copy_(0, sel, e)
+    return bins[0], (bins[1] if bilinear else None), tr
+
+
+class _CellHistograms(torch.autograd.Function):
+    """Image batch → directed cell histograms ``(B, 2n, h, w)`` (VLFeat's, before normalisation).
 
     Per interior pixel: the central-difference gradient of the winning colour channel, its
-    magnitude, VLFeat's orientation bin(s) and weights, then a scatter-add into the two cells of the
-    pixel's row. The backward pass is written out (a gather, then the chain rule through the
-    magnitude and the bilinear orientation weight, then the difference stencil), which costs a
-    fraction of what autograd would record for the same forward.
+    magnitude, VLFeat's orientation bin(s) and weights, then scatter-adds into the four cells around
+    the pixel (bilinear in x and y). The backward pass is written out (gathers, then the chain rule
+    through the magnitude and the bilinear orientation weight, then the difference stencil), which
+    costs a fraction of what autograd would record for the same forward.
     """
 
     @staticmethod
-    def forward(ctx, x, n: int, bilinear: bool, w: int, x_index, x_weight, table):
+    def forward(ctx, x, n: int, bilinear: bool, lay: _Layout):
         B, C, H, W = x.shape
-        Hi, Wi = H - 2, W - 2
-        # Selections below are written as a·m + b·(1 − m) with m in {0, 1}: exact for finite
-        # values, and much faster on CPU than torch.where with an unpredictable mask.
-        gx = x[:, :, 1:-1, 2:] - x[:, :, 1:-1, :-2]  # (B, C, Hi, Wi), no ½ (VLFeat)
-        gy = x[:, :, 2:, 1:-1] - x[:, :, :-2, 1:-1]
-        n2 = gx * gx + gy * gy
-        onehot = None
-        if C == 1:
-            gx, gy, n2 = gx[:, 0], gy[:, 0], n2[:, 0]
-        else:  # per pixel, the channel with the largest squared gradient (the first on ties)
-            win = torch.zeros_like(n2[:, 0])
-            best = n2[:, 0]
-            for ch in range(1, C):
-                better = (n2[:, ch] > best).to(x.dtype)
-                win = win + better * (ch - win)
-                best = torch.maximum(best, n2[:, ch])
-            onehot = (win.unsqueeze(1) == torch.arange(C, device=x.device, dtype=x.dtype).view(1, C, 1, 1))
-            onehot = onehot.to(x.dtype)
-            gx, gy, n2 = (gx * onehot).sum(1), (gy * onehot).sum(1), best
-        if x.dtype == torch.float32 and x.device.type == "cpu":
-            # torch's vectorised float32 sqrt on CPU is not always correctly rounded (VLFeat's sqrtf
-            # is); rounding the float64 root is, and HOGb's acos magnifies a 1-ulp error.
+        gx, gy, n2, onehot = _gradients(x)
+        if bilinear and x.dtype == torch.float32 and x.device.type == "cpu":
+            # torch's vectorised float32 sqrt on CPU is within 1 ulp but not always correctly
+            # rounded (VLFeat's sqrtf is); the rounded float64 root is, and HOGb's acos magnifies
+            # a 1-ulp error. (HOG's magnitude enters linearly: 1 ulp is float rounding there.)
             mag = torch.sqrt(n2.double()).to(x.dtype)
         else:
             mag = torch.sqrt(n2)
-
-        # VLFeat picks the orientation k maximising |g·u_k| (the first k on ties). The maximum is
-        # one of the two orientations ka, ka+1 either side of the gradient's angle; their scores
-        # are computed exactly as VLFeat computes them, so near-ties are decided identically.
-        pos = torch.atan2(gy, gx).mul_(n / math.pi)  # in [-n, n]
-        pos = torch.nan_to_num_(pos, nan=0.0)  # NaN input: NaN code rather than an index error
-        pos.add_((pos < 0).to(x.dtype), alpha=n)
-        ka = pos.floor_().clamp_(0, n - 1).long().view(-1)
-        # q[f, j]: field f (cos, sin, k') of orientation k' = ka-1, ka, ka+1, ka+2 (mod n)
-        J = 4 if bilinear else 2
-        q = table[J].index_select(1, ka).view(3, J, B, Hi, Wi)
-        score = gx * q[0] + gy * q[1]  # (J, B, Hi, Wi)
-        ascore = score.abs()
-        kk = q[2]
-        i = 1 if bilinear else 0  # position of ka
-        tb = ascore[i + 1] > ascore[i]
-        tb = (tb | ((ascore[i + 1] == ascore[i]) & (kk[i + 1] < kk[i]))).to(x.dtype)
-        ta = 1 - tb
-        s0 = score[i + 1] * tb + score[i] * ta
-        k0 = kk[i + 1] * tb + kk[i] * ta
-        bin0 = k0 + (s0 < 0).to(x.dtype) * n  # directed bin (exact small integers)
+        bin0, bin1, tr = _orientations(gx, gy, n, bilinear, lay.table)
         if bilinear:
-            # VLFeat's runner-up is the better of k0's two neighbours (the lower k on ties). At an
-            # exact bin centre either side may win, and VLFeat's rounding can still give it a small
-            # weight there, so it is decided with the exact scores too.
-            sl = score[1] * tb + score[0] * ta
-            sr = score[3] * tb + score[2] * ta
-            kl = kk[1] * tb + kk[0] * ta
-            kr = kk[3] * tb + kk[2] * ta
-            al, ar = sl.abs(), sr.abs()
-            tr = ((ar > al) | ((ar == al) & (kr < kl))).to(x.dtype)
-            s1 = sr * tr + sl * (1 - tr)
-            k1 = kr * tr + kl * (1 - tr)
-            bins = torch.stack([bin0, k1 + (s1 < 0).to(x.dtype) * n], dim=1)  # (B, 2, Hi, Wi)
             # VLFeat: w1 = acos(min(|s0| / max(|g|, 1e-10), 1)) / (pi / n), w0 = 1 - w1
-            w1 = torch.acos((s0.abs() / mag.clamp_min(1e-10)).clamp_max_(1.0)).mul_(n / math.pi)
-            src = torch.stack([mag * (1 - w1), mag * w1], dim=1)  # VLFeat: gradNorm * ow
+            b0 = bin0.view(-1).to(torch.int64)
+            s0 = gx * lay.directed[0].index_select(0, b0).view_as(gx)
+            s0 += gy * lay.directed[1].index_select(0, b0).view_as(gx)
+            w1 = torch.acos((s0.abs_() / mag.clamp_min(1e-10)).clamp_max_(1.0)).mul_(n / math.pi)
+            parts = [(bin0, mag * (1 - w1)), (bin1, mag * w1)]  # VLFeat: gradNorm * ow
         else:
-            tr = w1 = None
-            bins = bin0.unsqueeze(1)
-            src = mag.unsqueeze(1)
-        A = bins.shape[1]
-        index = torch.add(x_index, bins.long().view(B, A, 1, -1), alpha=Hi * w).view(B, -1)
-        src = (src.unsqueeze(2) * x_weight).view(B, -1)  # (B, A·2·N)
-        rows = torch.zeros((B, 2 * n * Hi * w), dtype=x.dtype, device=x.device)
-        rows.scatter_add_(1, index, src)
-
-        ctx.n, ctx.shape, ctx.A = n, (B, C, H, W), A
-        ctx.save_for_backward(gx, gy, mag, index, x_weight, onehot, w1, tr)
-        return rows.view(B, 2 * n, Hi, w)
+            w1 = None
+            parts = [(bin0, mag)]
+        base = lay.base(B)
+        cells = torch.zeros(B * 2 * n * lay.stride + lay.row + 1, dtype=x.dtype, device=x.device)
+        index = []
+        for bins, src in parts:
+            idx = torch.add(base, bins.view(-1).to(base.dtype), alpha=lay.stride)
+            for offset, weight in zip(lay.corners, lay.weights):
+                cells[offset:].index_add_(0, idx, (src * weight).view(-1))
+            index.append(idx)
+        out = cells[:B * 2 * n * lay.stride].view(B, 2 * n, lay.h + 2, lay.w + 2)[:, :, 1:-1, 1:-1]
+        ctx.n, ctx.shape, ctx.lay = n, (B, C, H, W), lay
+        ctx.save_for_backward(gx, gy, mag, onehot, w1, tr, *index)
+        return out.contiguous()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_rows):
-        gx, gy, mag, index, x_weight, onehot, w1, tr = ctx.saved_tensors
+    def backward(ctx, grad_cells):
+        gx, gy, mag, onehot, w1, tr, *index = ctx.saved_tensors
         B, C, H, W = ctx.shape
-        Hi, Wi = H - 2, W - 2
-        n, A = ctx.n, ctx.A
-        g = grad_rows.reshape(B, -1).gather(1, index).view(B, A, 2, Hi, Wi)
-        g = (g * x_weight).sum(2)  # d loss / d src, per pixel and assignment: (B, A, Hi, Wi)
+        n, lay = ctx.n, ctx.lay
+        padded = torch.zeros(B * 2 * n * lay.stride + lay.row + 1, dtype=gx.dtype, device=gx.device)
+        padded[:B * 2 * n * lay.stride].view(B, 2 * n, lay.h + 2, lay.w + 2)[:, :, 1:-1, 1:-1] = grad_cells
+        g = []  # d loss / d src, per pixel and assignment: (B, Hi, Wi) each
+        for idx in index:
+            acc = None
+            for offset, weight in zip(lay.corners, lay.weights):
+                term = padded[offset:].index_select(0, idx).view_as(gx).mul_(weight)
+                acc = term if acc is None else acc.add_(term)
+            g.append(acc)
         inv = (mag > 0).to(mag.dtype) / mag.clamp_min(torch.finfo(mag.dtype).tiny)  # 1/|g|; 0 at g = 0
         if w1 is None:
-            a = g[:, 0] * inv
+            a = g[0].mul_(inv)
             ggx, ggy = a * gx, a * gy
         else:
-            diff = g[:, 1] - g[:, 0]
-            a = (g[:, 0] + w1 * diff) * inv  # d loss/d|g| / |g|
+            diff = g[1] - g[0]
+            a = (g[0] + w1 * diff) * inv  # d loss/d|g| / |g|
             # d w1 / d g = ±(n/pi)·(-gy, gx)/|g|²: the angle to bin0 grows towards the runner-up,
             # at +pi/n (tr = 1) or -pi/n. (acos's derivative is infinite at exact alignment; this,
             # the derivative of the same angle written with atan2, is not.)
@@ -206,7 +312,42 @@ class _RowHistograms(torch.autograd.Function):
         grad[:, :, 1:-1, :-2] -= ggx
         grad[:, :, 2:, 1:-1] += ggy
         grad[:, :, :-2, 1:-1] -= ggy
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None
+
+
+class _ClampedBlocks(torch.autograd.Function):
+    """UoCTTI's ``0.5·Σ_blocks min(0.2, f_b·h)``: ``h`` ``(B, D, h, w)``, block factors ``f``
+    ``(B, 1, h+1, w+1)`` (block (i, j) covers cells i−1 … i, j−1 … j) → ``(B, D, h, w)``.
+
+    Written out so that the four blocks never form a ``(B, 4, D, h, w)`` tensor; the backward
+    passes the gradient where ``f_b·h ≤ 0.2`` (as ``clamp_max`` does)."""
+
+    @staticmethod
+    def forward(ctx, hh, f):
+        out, masks = None, []
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # UL, UR, LL, LR
+            p = f[..., i:i + hh.shape[-2], j:j + hh.shape[-1]] * hh
+            masks.append(torch.le(p, 0.2, out=torch.empty_like(p)))
+            p = p.clamp_max_(0.2)
+            out = p if out is None else out.add_(p)
+        ctx.save_for_backward(hh, f, *masks)
+        return out.mul_(0.5)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        hh, f, *masks = ctx.saved_tensors
+        half = grad * 0.5
+        h, w = hh.shape[-2:]
+        ghh = None
+        gf = torch.zeros_like(f)
+        for (i, j), m in zip(((0, 0), (0, 1), (1, 0), (1, 1)), masks):
+            gm = m * half
+            fb = f[..., i:i + h, j:j + w]
+            gf[..., i:i + h, j:j + w] += (gm * hh).sum(1, keepdim=True)
+            gm = gm.mul_(fb)
+            ghh = gm if ghh is None else ghh.add_(gm)
+        return ghh, gf
 
 
 class HOG(Representation):
@@ -256,43 +397,12 @@ class HOG(Representation):
         c = self.cell_size
         return self.dim, (height + c // 2) // c, (width + c // 2) // c
 
-    def _constants(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
-        """Per-size tables, cached per size, device and dtype.
-
-        Returns ``(x_index, x_weight, y_matrix, table)``. Along x, interior pixel ``(y, x)``
-        (N = (H−2)·(W−2) of them, row-major) adds to cells ``cx``, ``cx + 1`` of its row: ``x_index``
-        ``(2, N)`` int64 holds ``y·w + cx`` and ``x_weight`` ``(2, 1, W−2)`` the weights. Along y,
-        ``y_matrix`` ``(h, H−2)`` holds the weights of the interior rows. ``tables[4]`` ``(3·4, n)``:
-        column k holds cos, sin and the index of k' = k−1, k, k+1, k+2 (mod n); ``tables[2]``
-        ``(3·2, n)`` the same for k' = k, k+1.
-        """
+    def _layout(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> _Layout:
+        """The :class:`_Layout` of one image size, cached per size, device and dtype."""
         key = (height, width, device, dtype)
         hit = self._cache.get(key)
         if hit is None:
-            _, h, w = self.output_shape(height, width)
-            cx, wx = _axis_weights(width, w, self.cell_size)
-            cy, wy = _axis_weights(height, h, self.cell_size)
-            x_index = (np.arange(height - 2)[None, :, None] * w + cx[:, None, :]).reshape(2, -1)
-            y_matrix = np.zeros((h, height - 2))
-            for k in range(2):
-                np.add.at(y_matrix, (cy[k], np.arange(height - 2)), wy[k])
-            n = self.num_orientations
-            ang = np.arange(n) * math.pi / n
-            cos, sin = np.cos(ang), np.sin(ang)
-            if dtype == torch.float32:
-                # VLFeat stores float(cos), float(sin) (rounded, so not exactly of unit norm);
-                # float32 inputs use those values so that scores and ties come out identical.
-                # Other dtypes use exact ones: with the rounded ones, acos(|g·u|/|g|) is off by
-                # ~1e-8/angle near a bin centre, which would spoil float64 gradient checks.
-                cos, sin = cos.astype(np.float32), sin.astype(np.float32)
-            k = (np.arange(n)[None, :] + np.arange(-1, 3)[:, None]) % n  # (4, n)
-            table = np.stack([cos[k], sin[k], k.astype(np.float64)])  # (3, 4, n)
-            tables = {4: torch.as_tensor(table.reshape(12, n), dtype=dtype, device=device),
-                      2: torch.as_tensor(table[:, 1:3].reshape(6, n), dtype=dtype, device=device)}
-            hit = (torch.as_tensor(x_index, device=device),
-                   torch.as_tensor(wx[:, None, :], dtype=dtype, device=device),
-                   torch.as_tensor(y_matrix, dtype=dtype, device=device),
-                   tables)
+            hit = _Layout(height, width, self.cell_size, self.num_orientations, device, dtype)
             if len(self._cache) > 16:
                 self._cache.clear()
             self._cache[key] = hit
@@ -314,11 +424,9 @@ class HOG(Representation):
     def _histograms(self, x: torch.Tensor) -> torch.Tensor:
         """Directed cell histograms before normalisation, ``(B, 2n, h, w)`` (gradient-magnitude units)."""
         B, C, H, W = x.shape
-        _, h, w = self.output_shape(H, W)
-        x_index, x_weight, y_matrix, table = self._constants(H, W, x.device, x.dtype)
+        lay = self._layout(H, W, x.device, x.dtype)
         x = x.contiguous()  # the per-pixel stage assumes the standard layout (no-op if already)
-        rows = _RowHistograms.apply(x, self.num_orientations, self.bilinear, w, x_index, x_weight, table)
-        return torch.matmul(y_matrix, rows)  # pooling along y: (h, H-2) @ (B, 2n, H-2, w)
+        return _CellHistograms.apply(x, self.num_orientations, self.bilinear, lay)
 
     def _normalise(self, hd: torch.Tensor) -> torch.Tensor:
         """Directed cell histograms ``(B, 2n, h, w)`` → the code ``(B, D, h, w)``."""
@@ -328,6 +436,8 @@ class HOG(Representation):
         norm = F.pad(norm, (1, 1, 1, 1), mode="replicate")
         blocks = norm[..., :-1, :-1] + norm[..., :-1, 1:] + norm[..., 1:, :-1] + norm[..., 1:, 1:]
         f = torch.rsqrt(blocks + 1e-4)  # (B, 1, h+1, w+1): block (i, j) covers cells i-1..i, j-1..j
+        if self.variant == "uoctti" and not self.keep_texture:
+            return _ClampedBlocks.apply(torch.cat([hd, hu], dim=1), f)
         # factors of the blocks containing each cell: UL, UR, LL, LR -> (B, 4, 1, h, w)
         fb = torch.stack([f[..., :-1, :-1], f[..., :-1, 1:], f[..., 1:, :-1], f[..., 1:, 1:]], dim=1)
         if self.variant == "dalaltriggs":
@@ -335,11 +445,8 @@ class HOG(Representation):
             return out.flatten(1, 2)
         hh = torch.cat([hd, hu], dim=1).unsqueeze(1)  # (B, 1, 3n, h, w)
         clamped = (fb * hh).clamp_max(0.2)  # (B, 4, 3n, h, w)
-        out = 0.5 * clamped.sum(1)
-        if self.keep_texture:
-            tex = clamped[:, :, 2 * n:].sum(2) * (1.0 / math.sqrt(18.0))
-            out = torch.cat([out, tex], dim=1)
-        return out
+        tex = clamped[:, :, 2 * n:].sum(2) * (1.0 / math.sqrt(18.0))
+        return torch.cat([0.5 * clamped.sum(1), tex], dim=1)
 
     def code_stride(self) -> int:
         """The cell size: pixels between neighbouring cells."""
