@@ -76,8 +76,29 @@ def default_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
     return float(lam_alpha), float(lam_tv)
 
 
+class _SixthPower(torch.autograd.Function):
+    """Σ u⁶ per sample, ``(N, ...)`` → ``(N,)``, in multiplications with a written-out backward
+    (6u⁵): on CPU ``pow`` goes through a general power routine, several times slower per element."""
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        u2 = u * u
+        return u2.mul_(u2).mul_(u * u).flatten(1).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        u2 = u * u
+        g = u2.mul_(u2).mul_(u).mul_(grad.view((-1,) + (1,) * (u.dim() - 1)) * 6)
+        return g
+
+
 def alpha_norm(u: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
-    """Σ |u|^α per sample. ``u``: ``(N, C, H, W)`` → ``(N,)``."""
+    """Σ |u|^α per sample. ``u``: ``(N, C, H, W)`` → ``(N,)`` (α = 6, the paper's: in
+    multiplications, equal to ``u.pow(6)`` up to float rounding)."""
+    if alpha == 6:
+        return _SixthPower.apply(u)
     if alpha % 2 == 0:
         return u.pow(int(alpha)).flatten(1).sum(1)
     return u.abs().pow(alpha).flatten(1).sum(1)
@@ -89,14 +110,15 @@ def total_variation(u: torch.Tensor, beta: float = 2.0, eps: float = 1e-12) -> t
     Differences use replicate padding (the last row/column has zero forward difference), as the
     authors' code does. For β < 2 a tiny ``eps`` inside the power keeps the gradient finite at 0.
     """
+    if beta == 2.0:  # the squares add up: no padded copies (equal up to float rounding)
+        dx = u[..., :, 1:] - u[..., :, :-1]
+        dy = u[..., 1:, :] - u[..., :-1, :]
+        return (dx * dx).flatten(1).sum(1) + (dy * dy).flatten(1).sum(1)
     dx = torch.zeros_like(u)
     dy = torch.zeros_like(u)
     dx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
     dy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
-    sq = dx * dx + dy * dy
-    if beta == 2.0:
-        return sq.flatten(1).sum(1)
-    return (sq + eps).pow(beta / 2.0).flatten(1).sum(1)
+    return (dx * dx + dy * dy + eps).pow(beta / 2.0).flatten(1).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------
