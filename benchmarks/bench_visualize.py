@@ -13,14 +13,25 @@ Two parts, one run:
   same size; and for ``--classes`` classes (those of the first eval images of distinct classes) a
   class image at 224² (``logits``, ``--class-iters`` iterations) against the class's logit on every
   eval image, and whether MobileNet v2 classifies the (rounded) class image as that class.
+* **caricatures** (issue 16: "a caricature raises the inner product with the target code by ≥ 2×
+  while staying in range"): the ``--caricature-images`` first eval images (the ``maximise`` figure's
+  crop: shorter side to ``--caricature-size``, centre square; its three images are the first three)
+  caricatured at each of ``--caricature-layers`` (default the figure's three depths) as one batched
+  :func:`preimage.visualize.caricature` per layer with its defaults (``--caricature-iters`` to
+  override the iterations); per image the gain (inner product reached / at the image), per layer
+  min/median/max, whether every gain is ≥ 2× and every image within the bounded range
+  (0–255 and ≤ 160 grey levels from the mean pixel).
 
 Usage::
 
     python benchmarks/bench_visualize.py --threads 1 [--layer block8_add] [--size 64] [--units 64]
-        [--iters 50] [--eval-images 100] [--classes 5] [--class-iters 40] [--param fourier] [--out FILE.json]
+        [--iters 50] [--eval-images 100] [--classes 5] [--class-iters 40] [--param fourier]
+        [--caricature-images 20] [--caricature-layers block5_add,block10_add,block15_add]
+        [--caricature-size 224] [--caricature-iters N] [--parts batching,classes,caricature] [--out FILE.json]
 
-writes the JSON (``_harness``) and a Markdown summary beside ``--out`` (``FILE.md``). ``--quick``: 4
-units, 3 iterations, 4 eval images, 1 class (checks that it works, measures nothing).
+writes the JSON (``_harness``) and a Markdown summary beside ``--out`` (``FILE.md``). ``--parts``
+runs a subset (``batching`` includes the channel claim). ``--quick``: 4 units, 3 iterations, 4 eval
+images, 1 class, 1 caricature at 64² with 3 iterations (checks that it works, measures nothing).
 """
 
 from __future__ import annotations
@@ -33,12 +44,18 @@ import torch
 import _harness as H  # noqa: E402 - puts the checkout on sys.path
 
 from preimage.data import eval_images  # noqa: E402
+from preimage.io.images import load_image, resize_and_crop  # noqa: E402
 from preimage.models import get_model  # noqa: E402
 from preimage.models.classify import (classify, imagenet_labels, load_for_classification,  # noqa: E402
                                       synset_class_index)
 from preimage.objectives import channel, class_logit  # noqa: E402
 from preimage.representations.cnn import CNNLayer  # noqa: E402
-from preimage.visualize import visualize  # noqa: E402
+from preimage.objectives import IJCV_BOUND  # noqa: E402
+from preimage.visualize import caricature, visualize  # noqa: E402
+
+#: the ``maximise`` figure's three caricature depths on MobileNet v2 (a quarter, half, three quarters)
+CARICATURE_LAYERS = "block5_add,block10_add,block15_add"
+PARTS = ("batching", "classes", "caricature")
 
 
 def _batching(model, args) -> dict:
@@ -94,23 +111,75 @@ def _class_claim(model, args, images: torch.Tensor, paths) -> dict:
     return {"classes": rows, "seconds": sw.seconds, "iterations": args.class_iters}
 
 
+def _in_range(images: torch.Tensor, mean_pixel) -> list[bool]:
+    """Per image ``(n, 3, H, W)``: within 0–255 and every pixel within IJCV's bound of ``mean_pixel``."""
+    m = torch.as_tensor(mean_pixel, dtype=images.dtype).reshape(1, -1, 1, 1)
+    dev = (images - m).pow(2).sum(1).sqrt().flatten(1).max(1).values
+    lo, hi = images.flatten(1).min(1).values, images.flatten(1).max(1).values
+    return [bool(a) for a in (lo >= 0) & (hi <= 255) & (dev <= IJCV_BOUND + 1e-3)]
+
+
+def _caricature_claim(model, args, paths) -> dict:
+    """Caricatures of ``paths`` at each of ``args.caricature_layers``, one batched call per layer:
+    per image the gain (reached / at the image) and whether it is in range; per layer the summary."""
+    size = args.caricature_size
+    images = torch.stack([resize_and_crop(load_image(p), size).clamp(0, 255) for p in paths])
+    kw = {} if args.caricature_iters is None else {"iterations": args.caricature_iters}
+    layers = []
+    for layer in [t.strip() for t in args.caricature_layers.split(",") if t.strip()]:
+        rep = CNNLayer(model, layer, input_size=(size, size))
+        vis = caricature(rep, images, progress=False, **kw)
+        gains = (vis.scores / vis.start_scores).tolist()
+        in_range = _in_range(vis.images, rep.mean_pixel)
+        g = torch.tensor(gains)
+        row = {"layer": layer, "images": [Path(p).name for p in paths], "gains": gains,
+               "start_scores": vis.start_scores.tolist(), "scores": vis.scores.tolist(), "in_range": in_range,
+               "min": float(g.min()), "median": float(g.median()), "max": float(g.max()),
+               "all_doubled": bool((g >= 2).all()), "all_in_range": all(in_range),
+               "iterations": vis.settings["iterations"], "lr": vis.settings["lr"], "jitter": vis.settings["jitter"],
+               "lambda_tv": vis.settings["lambda_tv"], "lambda_alpha": vis.settings["lambda_alpha"],
+               "seconds": vis.seconds}
+        H.progress({"part": "caricature", "layer": layer, "min": row["min"], "median": row["median"],
+                    "max": row["max"], "seconds": vis.seconds})
+        layers.append(row)
+    return {"size": size, "layers": layers, "all_doubled": all(r["all_doubled"] for r in layers),
+            "all_in_range": all(r["all_in_range"] for r in layers)}
+
+
+def _caricature_markdown(k: dict) -> list[str]:
+    lines = ["", f"Caricatures at {k['size']}² (gain = inner product reached / at the image; claim: ≥ 2× in range): "
+             f"all ≥ 2×: **{'yes' if k['all_doubled'] else 'NO'}**, all in range: "
+             f"**{'yes' if k['all_in_range'] else 'NO'}**.", "",
+             "| layer | images | min | median | max | ≥ 2× | in range | iterations | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in k["layers"]:
+        lines.append(f"| {r['layer']} | {len(r['gains'])} | {r['min']:.2f} | {r['median']:.2f} | {r['max']:.2f} | "
+                     f"{sum(g >= 2 for g in r['gains'])}/{len(r['gains'])} | {sum(r['in_range'])}/{len(r['in_range'])} | "
+                     f"{r['iterations']} | {r['seconds']:.0f} |")
+    return lines
+
+
 def _markdown(out: dict) -> str:
-    b, c, k = out["batching"], out["channels"], out["class_images"]
-    lines = ["# bench_visualize", "",
-             f"MobileNet v2 `{b['layer']}`, {b['size']}², {b['iterations']} iterations, {out['settings']['param']} "
-             f"image, {out['machine']['torch_threads']} thread(s), load {out['machine']['load_average_1min']}.", "",
-             "| run | seconds |", "|---|---|",
-             f"| {b['units']} channels, one batched call | {b['batched_seconds']:.1f} |",
-             f"| {b['units']} separate calls | {b['separate_seconds']:.1f} |",
-             f"| speed-up | **{b['speedup']:.2f}×** |", "",
-             f"Channels whose activation exceeds their maximum over {out['eval_images']} eval images: "
-             f"**{c['exceeding']} / {c['units']}** (smallest ratio {c['min_ratio_to_eval_max']:.2f}).", "",
-             "| class | logit reached | max over eval images | exceeds all | classified as (p) |",
-             "|---|---|---|---|---|"]
-    for r in k["classes"]:
-        lines.append(f"| {r['label'][:30]} | {r['logit_reached']:.1f} | {r['eval_max_logit']:.1f} | "
-                     f"{'yes' if r['exceeds_every_eval_image'] else 'NO'} | {r['top1'][:30]} "
-                     f"({r['probability']:.2f}) |")
+    lines = ["# bench_visualize", ""]
+    b, c, k = out.get("batching"), out.get("channels"), out.get("class_images")
+    if b:
+        lines += [f"MobileNet v2 `{b['layer']}`, {b['size']}², {b['iterations']} iterations, {out['settings']['param']} "
+                  f"image, {out['machine']['torch_threads']} thread(s), load {out['machine']['load_average_1min']}.",
+                  "", "| run | seconds |", "|---|---|",
+                  f"| {b['units']} channels, one batched call | {b['batched_seconds']:.1f} |",
+                  f"| {b['units']} separate calls | {b['separate_seconds']:.1f} |",
+                  f"| speed-up | **{b['speedup']:.2f}×** |", "",
+                  f"Channels whose activation exceeds their maximum over {out['eval_images']} eval images: "
+                  f"**{c['exceeding']} / {c['units']}** (smallest ratio {c['min_ratio_to_eval_max']:.2f})."]
+    if k:
+        lines += ["", "| class | logit reached | max over eval images | exceeds all | classified as (p) |",
+                  "|---|---|---|---|---|"]
+        for r in k["classes"]:
+            lines.append(f"| {r['label'][:30]} | {r['logit_reached']:.1f} | {r['eval_max_logit']:.1f} | "
+                         f"{'yes' if r['exceeds_every_eval_image'] else 'NO'} | {r['top1'][:30]} "
+                         f"({r['probability']:.2f}) |")
+    if out.get("caricatures"):
+        lines += _caricature_markdown(out["caricatures"])
     return "\n".join(lines) + "\n"
 
 
@@ -124,18 +193,33 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--class-iters", type=int, default=40)
     ap.add_argument("--param", default="fourier")
-    args = H.quick(ap.parse_args(), units=4, iters=3, eval_images=4, classes=1, class_iters=3)
+    ap.add_argument("--caricature-images", type=int, default=20)
+    ap.add_argument("--caricature-layers", default=CARICATURE_LAYERS)
+    ap.add_argument("--caricature-size", type=int, default=224)
+    ap.add_argument("--caricature-iters", type=int, default=None, help="default: caricature()'s own")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    args = H.quick(ap.parse_args(), units=4, iters=3, eval_images=4, classes=1, class_iters=3,
+                   caricature_images=1, caricature_size=64, caricature_iters=3)
+    parts = [t.strip() for t in args.parts.split(",") if t.strip()]
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--parts: a comma list of {', '.join(PARTS)}, got {args.parts!r}")
     H.setup(args)
+    result = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_model("mobilenet_v2")
         paths = eval_images()[:args.eval_images]
-        batching, batched, rep = _batching(model, args)
-        channels = _channel_claim(rep, batched, load_for_classification(paths, args.size))
-        H.progress({"part": "channels", "exceeding": channels["exceeding"], "units": channels["units"]})
-        classes = _class_claim(model, args, load_for_classification(paths, 224), paths)
-    out = H.emit("bench_visualize", args, {"eval_images": len(paths), "batching": batching, "channels": channels,
-                                           "class_images": classes})
+        result["eval_images"] = len(paths)
+        if "batching" in parts:
+            result["batching"], batched, rep = _batching(model, args)
+            result["channels"] = _channel_claim(rep, batched, load_for_classification(paths, args.size))
+            H.progress({"part": "channels", "exceeding": result["channels"]["exceeding"],
+                        "units": result["channels"]["units"]})
+        if "classes" in parts:
+            result["class_images"] = _class_claim(model, args, load_for_classification(paths, 224), paths)
+        if "caricature" in parts and args.caricature_images > 0:
+            result["caricatures"] = _caricature_claim(model, args, eval_images()[:args.caricature_images])
+    out = H.emit("bench_visualize", args, result)
     if args.out:
         Path(args.out).with_suffix(".md").write_text(_markdown(out))
 
