@@ -349,3 +349,16 @@ def test_units_undo_dasks_malloc_trim_threshold():
                           capture_output=True, text=True, timeout=120)
     assert plain.stdout.split() == ["False", "False"], plain.stderr
     assert dask.stdout.split() == ["True", "False"], dask.stderr
+
+
+def test_a_caricature_unit_at_the_networks_own_size(shared):
+    """The standard and full presets leave the CNN size at the network's (size None): a caricature
+    unit then crops its images to the network's input size."""
+    from preimage.experiments.visualisation import run_visualize_unit, visualize_params
+    from preimage.data import eval_images
+    p = visualize_params("maximise", "mobilenet_v2", "block2_project", what="caricature", size=None,
+                         iterations=2, images=[eval_images()[1].name])
+    out = run_visualize_unit(p)
+    assert len(out["pngs"]) == 2 and all(im.shape[:2] == (224, 224) for im in out["pngs"].values())
+    assert out["tensors"]["images"]["images"].shape == (1, 3, 224, 224)
+    assert out["metrics"]["scores"][0] > 0

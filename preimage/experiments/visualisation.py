@@ -10,7 +10,8 @@ call on one layer of a network:
 * ``what="classes"``: each class logit in ``units`` (label indices of
   :func:`preimage.models.classify.imagenet_labels`) maximised at the network's input size, the image
   classified afterwards (top-1 in the metrics);
-* ``what="caricature"``: the caricatures of the eval ``images`` (cropped to ``size``).
+* ``what="caricature"``: the caricatures of the eval ``images`` (cropped to ``size``; ``None``: to
+  the network's input size, squashed when that is not square).
 
 Pictures: ``original_n{i}`` (caricatures) and ``recon_n{i}_r0_k0`` (the i-th unit's image), named by
 :func:`preimage.io.artefacts.picture_name`.
@@ -61,7 +62,7 @@ def run_visualize_unit(p: dict) -> dict:
     from ..io.artefacts import picture_name
     from ..io.images import to_uint8
     from ..visualize import ITERATIONS, caricature, visualize
-    from .units import load_unit_image, representation, unit_device
+    from .units import representation, unit_device
     device = unit_device()
     size = p["size"]
     rep = representation(p["rep"], "crop" if size else "native", size).to(device)
@@ -69,7 +70,7 @@ def run_visualize_unit(p: dict) -> dict:
               **({"param": p["param"]} if p.get("param") else {}))
     pngs = {}
     if p["what"] == "caricature":
-        images = torch.stack([load_unit_image(n, "rgb", "crop", size).clamp(0, 255) for n in p["images"]])
+        images = torch.stack([_caricature_image(n, size, rep.input_size).clamp(0, 255) for n in p["images"]])
         vis = caricature(rep, images, **kw)
         pngs.update({picture_name("original", i): to_uint8(im) for i, im in enumerate(images)})
     else:
@@ -84,6 +85,17 @@ def run_visualize_unit(p: dict) -> dict:
         metrics["top1"] = [{"index": t[0][0], "label": t[0][1], "probability": t[0][2]} for t in top]
     return {"metrics": metrics, "pngs": pngs, "tensors": {"images": {"images": vis.images.float()}},
             "timings": {"optimisation_seconds": vis.seconds}}
+
+
+def _caricature_image(name: str, size: int | None, input_size) -> torch.Tensor:
+    """Eval image ``name`` as ``(3, S, S)`` on 0–255 for a caricature: cropped to ``size``, or with
+    ``size`` ``None`` to the network's ``input_size`` ``(H, W)`` (224² when unknown; squashed when
+    not square)."""
+    from .units import load_unit_image
+    if size:
+        return load_unit_image(name, "rgb", "crop", size)
+    h, w = tuple(input_size or (224, 224))
+    return load_unit_image(name, "rgb", "crop", h) if h == w else load_unit_image(name, "rgb", "squash", (h, w))
 
 
 def _network(p: dict):
