@@ -73,7 +73,9 @@ class Config:
     dictionary, trained once per machine (≈ 10 min on two cores by its docstring: ≈ 1,200, none
     when cached; the runner submits one HOGgle unit first and the rest last, so one worker trains
     it). Total ≈ 10,800 core-s:
-    ≈ 1.5 h on 2 worker processes (the default on 2 cores), a 25 % margin under 2 h. One more
+    ≈ 1.5 h on 2 worker processes (the default on 2 cores), a 25 % margin under 2 h. Measured on
+    2026-12-02 (channels-last, chunked CNN passes; Dask's MALLOC_TRIM_THRESHOLD_ undone): 1 h 21 min
+    wall, 9,720 s of worker compute (Table 1 1,250 s, the layer table 6,550 s). One more
     layer-table block costs ≈ 1,300–2,200 core-s, one more image ≈ 300. The full preset by the same
     measurements: ≈ 317,000 core-s (88 core-hours).
     """
