@@ -88,9 +88,9 @@ def run_visualize_unit(p: dict) -> dict:
 
 
 def _caricature_image(name: str, size: int | None, input_size) -> torch.Tensor:
-    """Eval image ``name`` as ``(3, S, S)`` on 0–255 for a caricature: cropped to ``size``, or with
-    ``size`` ``None`` to the network's ``input_size`` ``(H, W)`` (224² when unknown; squashed when
-    not square)."""
+    """Eval image ``name`` on 0–255 for a caricature: ``(3, size, size)`` cropped, or with ``size``
+    ``None`` ``(3, H, W)`` for the network's ``input_size`` (224² when unknown; cropped when square,
+    else squashed)."""
     from .units import load_unit_image
     if size:
         return load_unit_image(name, "rgb", "crop", size)
