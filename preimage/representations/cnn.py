@@ -190,8 +190,9 @@ class CNNLayer(Representation):
     pass), computed from the layer's activation shapes. The code comes back NCHW-contiguous.
 
     Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
-    scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
-    400 iterations) and momentum at ``lr = 1e-2``.
+    scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the
+    paper's pixels, CNN schedule (``schedule = "cnn"``, 400 iterations) and momentum at
+    ``lr = 1e-2``.
     """
 
     input_channels = (3,)
