@@ -24,14 +24,19 @@ def _run(tmp_path, *flags) -> dict:
 @pytest.mark.slow
 def test_quick_run_writes_json_and_markdown(tmp_path, shared):
     result = _run(tmp_path, "--quick")
-    assert result["batching"]["units"] == 4 and result["batching"]["speedup"] > 0
+    b = result["batching"]
+    assert b["units"] == 4 and b["speedup"] > 0 and len(b["rounds"]) == 1
+    assert b["speedup"] == b["rounds"][0]["separate_seconds"] / b["rounds"][0]["batched_seconds"]
+    layer = result["caricatures"]["layers"][0]
+    assert layer["min_score"] == min(layer["scores"])
+    assert layer["all_scores_at_least_2"] == all(v >= 2 for v in layer["scores"])
 
 
 @pytest.mark.slow
 def test_channels_and_classes_beat_every_eval_image(tmp_path, shared):
     # 16 channels of block8_add (64²) against their maximum over the 100 eval images; 5 class images
-    result = _run(tmp_path, "--units", "16", "--iters", "50", "--eval-images", "100", "--classes", "5",
-                  "--class-iters", "40")
+    result = _run(tmp_path, "--units", "16", "--iters", "50", "--rounds", "1", "--eval-images", "100",
+                  "--classes", "5", "--class-iters", "40", "--parts", "batching,classes")
     assert result["eval_images"] == 100
     assert result["channels"]["exceeding"] == result["channels"]["units"] == 16
     for row in result["class_images"]["classes"]:
