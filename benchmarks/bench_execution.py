@@ -3,7 +3,7 @@ input of MobileNet v2 layers, per image, for each execution of :class:`~preimage
 
 **Executions** (``--executions``), in one run, interleaved:
 
-* ``nchw``: ``channels_last=False, chunk_bytes=None``, the execution before this benchmark
+* ``nchw``: :data:`~preimage.representations.cnn.PLAIN_EXECUTION`, the execution before this benchmark
   existed (one NCHW pass over the whole batch);
 * ``channels-last``: channels-last memory format, one pass over the batch;
 * ``chunked:M``: channels-last, on CPU in chunks whose largest activation is at most M MiB
@@ -42,7 +42,7 @@ import _harness as bench  # first: it makes the checkout importable
 import torch
 
 from preimage.models import get_model  # noqa: E402
-from preimage.representations.cnn import CPU_CHUNK_BYTES, CNNLayer  # noqa: E402
+from preimage.representations.cnn import CPU_CHUNK_BYTES, PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
 
 def execution_options(name: str) -> dict:
@@ -50,7 +50,7 @@ def execution_options(name: str) -> dict:
     if name == "compiled":
         return {"channels_last": True, "chunk_bytes": CPU_CHUNK_BYTES}
     if name == "nchw":
-        return {"channels_last": False, "chunk_bytes": None}
+        return dict(PLAIN_EXECUTION)
     if name == "channels-last":
         return {"channels_last": True, "chunk_bytes": None}
     if name.startswith("chunked:"):

@@ -14,7 +14,7 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
   ``--schedule paper``): **the baseline**. Its final relative code error on each image, measured
   in the same run, is that image's **reference error**;
 * ``paper-nchw`` (CNN layers only): the same through a layer run as before channels-last and
-  chunked execution (``CNNLayer(..., channels_last=False, chunk_bytes=None)``): the issue's
+  chunked execution (``CNNLayer(..., **PLAIN_EXECUTION)``): the issue's
   "today's default", whose images per second the last table compares every method's with;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
   layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``);
@@ -96,7 +96,7 @@ from preimage.models import get_model  # noqa: E402
 from preimage.optim import minimise  # noqa: E402
 from preimage.params import parameterisation_class  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
-from preimage.representations.cnn import CNNLayer  # noqa: E402
+from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
 METHODS = ("paper", "paper-nchw", "default", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
 #: methods that run on CNN layers only
@@ -156,7 +156,7 @@ def build_cases(spec: str, n_images: int, n_blocks: int) -> tuple[list[Case], li
                 if b not in model.block_names:
                     raise SystemExit(f"--reps: {b!r} is not a MobileNet v2 block ({', '.join(model.block_names)})")
                 cases.append(Case(f"mobilenet_v2:{b}", CNNLayer(model, b), rgb, True, {"block": b},
-                                  plain=CNNLayer(model, b, channels_last=False, chunk_bytes=None)))
+                                  plain=CNNLayer(model, b, **PLAIN_EXECUTION)))
         else:
             raise SystemExit(f"--reps: unknown {item!r} (hog, hogb, dsift, mobilenet_v2[:BLOCK])")
     return cases, [p.name for p in paths]

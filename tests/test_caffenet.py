@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from preimage.models import caffenet as cn
 from preimage.models.caffenet import CAFFE_MEAN_BGR, LAYER_NAMES, WeightsError, caffenet, save_weights
 from preimage.models.receptive_field import receptive_field_box
-from preimage.representations.cnn import CNNLayer, list_layers
+from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer, list_layers
 
 # The paper's Table 2 (CNN-A), typed from the paper to compare with what is computed.
 PAPER_LAYERS = "conv1 relu1 mpool1 norm1 conv2 relu2 mpool2 norm2 conv3 relu3 conv4 relu4 conv5 relu5 mpool5 " \
@@ -56,7 +56,7 @@ def test_outputs_equal_full_model_intermediates(net):
     assert out.shape == (1, 1000, 1, 1)
     for name in ("conv1", "norm2", "pool5", "fc8"):
         with torch.no_grad():
-            y = CNNLayer(net, name, channels_last=False)(x)  # exact: the plain NCHW pass
+            y = CNNLayer(net, name, **PLAIN_EXECUTION)(x)  # exact: the plain NCHW pass
         torch.testing.assert_close(y, acts[name], rtol=1e-5, atol=1e-4)
 
 

@@ -16,7 +16,7 @@ from preimage.errors import PreimageError, UnknownNameError
 from preimage.models import MODEL_NAMES, get_model
 from preimage.representations.layers_table import format_layers
 from preimage.paper import lambda_tv_for_depth as paper_lambda_tv
-from preimage.representations.cnn import CNNLayer, list_layers
+from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer, list_layers
 from helpers import node_value
 
 
@@ -100,7 +100,7 @@ class NeedsNCHW(Small):
 def test_chunked_channels_last_execution_equals_the_plain_pass():
     m = Small().eval()
     fast = CNNLayer(m, "conv", chunk_bytes=3 * 8 * 16 * 16 * 4)  # the largest map (8×16²) 3 images at a time
-    plain = CNNLayer(m, "conv", channels_last=False, chunk_bytes=None)
+    plain = CNNLayer(m, "conv", **PLAIN_EXECUTION)
     x = torch.rand(7, 3, 16, 16) * 255
     assert fast.chunk_size(x) == 3 and plain.chunk_size(x) == 7
     assert fast.chunk_size(torch.rand(7, 3, 32, 32)) == 1  # 4× the pixels: 4× the bytes per image
@@ -352,7 +352,7 @@ def test_mobilenet_v2_layer(mobilenet_v2):
     assert list(infos) == list(m.layer_names)
     assert infos["conv1"].rf_size == (3, 3) and infos["conv1"].rf_stride == (2, 2)
     assert infos["conv_last"].rf_size == (491, 491) and infos["conv_last"].rf_stride == (32, 32)
-    rep = CNNLayer(m, "block6_add", channels_last=False, chunk_bytes=None)  # exact: the plain NCHW pass
+    rep = CNNLayer(m, "block6_add", **PLAIN_EXECUTION)  # exact: the plain NCHW pass
     assert rep.output_shape == (32, 28, 28) and rep.input_size == (224, 224)
     assert rep.mean_pixel == tuple(float(v) for v in m.mean_pixel)
     x = (torch.rand(2, 3, 224, 224) * 255).requires_grad_()

@@ -278,7 +278,7 @@ def test_truncate_after_copy_truncate_and_cnn_layer(mobilenet_v2):
     """Regression: truncate() on a deep copy, on a truncated net, and a CNNLayer of a truncated
     net used to fail with 'owning_module not set for purity check' (a deep-copied fx graph has
     no owning module, which dead-code elimination needs)."""
-    from preimage.representations.cnn import CNNLayer
+    from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer
     m = mobilenet_v2
     x = torch.rand(1, 3, 224, 224) * 255
     ref = _activation(m, "block3_add", x)
@@ -289,7 +289,7 @@ def test_truncate_after_copy_truncate_and_cnn_layer(mobilenet_v2):
         with torch.no_grad():
             torch.testing.assert_close(t(x), ref)
         assert t.layer_names[-1] == "block3_add"
-    rep = CNNLayer(m.truncate("block6_add"), "block3_add", channels_last=False, chunk_bytes=None)  # the plain NCHW pass
+    rep = CNNLayer(m.truncate("block6_add"), "block3_add", **PLAIN_EXECUTION)  # the plain NCHW pass
     assert rep.output_shape == (24, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(rep(x), ref)

@@ -33,12 +33,15 @@ from ..models.graph_module import truncate_graph_module
 from ..paper import lambda_tv_for_depth
 from .base import Representation
 
-__all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES"]
+__all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES", "PLAIN_EXECUTION"]
 
 #: On CPU a traced layer runs its batch in chunks whose largest activation is at most this many
 #: bytes, so that consecutive operations find their input in the cache (benchmarks/bench_execution.py
 #: measures it against other budgets on MobileNet v2 at 224² and 64²: at 224² a chunk is one image).
 CPU_CHUNK_BYTES = 4 << 20
+#: ``CNNLayer(model, layer, **PLAIN_EXECUTION)``: the batch in one NCHW pass, the execution before
+#: channels-last and chunking (the benchmarks' "today", and the exact pass tests compare against).
+PLAIN_EXECUTION = {"channels_last": False, "chunk_bytes": None}
 
 @dataclass(frozen=True)
 class LayerInfo:
