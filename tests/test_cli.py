@@ -120,6 +120,20 @@ def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
     assert main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv9", "--out", str(out)]) == 2
 
 
+def test_cnn_invert_with_a_gradient_leak_records_it(tmp_path, image_file, capsys):
+    out = tmp_path / "leak"
+    with pytest.warns(UserWarning):  # random CaffeNet weights
+        rc = main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv2", "--iters", "3",
+                   "--grad-leak", "0.05", "--out", str(out), "--no-progress"])
+    assert rc == 0 and json.loads((out / "result.json").read_text())["grad_leak"] == 0.05
+    for argv, message in ((["--model", "caffenet", "--layer", "conv2", "--grad-leak", "1.5"], "--grad-leak must be"),
+                          (["--rep", "hog", "--grad-leak", "0.05"], "network layers")):
+        capsys.readouterr()
+        assert main(["invert", str(image_file), *argv, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_layers_command_prints_table2(capsys):
     assert main(["layers", "caffenet"]) == 0
     out = capsys.readouterr().out

@@ -215,11 +215,15 @@ def _cnn_target(args) -> Target:
         raise PreimageError("--model needs --layer NAME (see `preimage layers MODEL`)")
     from ..models import model_settings
     net = load_model(args)
-    rep = CNNLayer(net, args.layer)
+    leak = float(getattr(args, "grad_leak", 0.0) or 0.0)
+    if not 0.0 <= leak < 1.0:
+        raise PreimageError(f"--grad-leak must be in [0, 1), got {leak:g}")
+    rep = CNNLayer(net, args.layer, grad_leak=leak)
     img, name = load_input(args.image, "rgb", None)
     if rep.input_size:
         img = resize(img, tuple(rep.input_size))
-    return Target(rep, img, name, {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)})
+    info = {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)}
+    return Target(rep, img, name, {**info, "grad_leak": leak} if leak else info)
 
 
 def build_target(args) -> Target:
@@ -228,6 +232,8 @@ def build_target(args) -> Target:
     from ..representations import get_representation
     if args.model:
         return _cnn_target(args)
+    if getattr(args, "grad_leak", 0.0):
+        raise PreimageError("--grad-leak applies to network layers (--model/--layer), not to HOG or DSIFT")
     rep_name = args.rep or "hog"
     rep = get_representation(rep_name)
     mode = "rgb" if getattr(args, "colour", False) and rep_name != "dsift" else "grey"

@@ -30,6 +30,7 @@ from ..errors import UnknownNameError
 from ..models.fx import TracedModel, model_input_size, trace_model
 from ..models.receptive_field import ReceptiveField, center_window, units_box
 from ..models.graph_module import truncate_graph_module
+from ..models.surrogate import leak_clipping_gradients
 from ..paper import lambda_tv_for_depth
 from .base import Representation
 
@@ -192,6 +193,11 @@ class CNNLayer(Representation):
     on CPU a batch runs in chunks whose largest activation fits ``chunk_bytes`` (``None``: one
     pass), computed from the layer's activation shapes. The code comes back NCHW-contiguous.
 
+    ``grad_leak`` ℓ (traced layers, 0 ≤ ℓ < 1; default 0, the exact gradient): the clipping
+    activations (ReLU, ReLU6, hardtanh) pass ℓ of the gradient where they clip; the code itself is
+    unchanged (:mod:`preimage.models.surrogate`, which has the train/ measurements: ℓ = 0.05 lowers
+    MobileNet v2's ``conv_last`` inversion error from 32.6 % to 25.8 % at 400 iterations).
+
     Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
     scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the
     paper's pixels, CNN schedule (``schedule = "cnn"``, 400 iterations) and momentum at
@@ -205,8 +211,9 @@ class CNNLayer(Representation):
 
     def __init__(self, model: nn.Module, layer: str, input_size: tuple[int, int] | None = None,
                  mean_pixel: float | Sequence[float] | None = None, channels_last: bool = True,
-                 chunk_bytes: int | None = CPU_CHUNK_BYTES):
+                 chunk_bytes: int | None = CPU_CHUNK_BYTES, grad_leak: float = 0.0):
         super().__init__()
+        self.grad_leak = float(grad_leak)
         self.channels_last = bool(channels_last)
         self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
         self._peak: tuple[int, tuple[int, int]] | None = None  # largest activation per image, for (H, W)
@@ -233,6 +240,7 @@ class CNNLayer(Representation):
             self.traced = True
             node = traced.node(self.layer)  # UnknownNameError listing the valid names
             self.net = truncate_graph_module(traced.gm, node)
+            leak_clipping_gradients(self.net, self.grad_leak)
             _freeze(self.net)
             infos = {traced.node(i.name): i for i in _traced_infos(traced)}
             self.output_shape = tuple(traced.shapes[node.name][1:])
@@ -242,6 +250,8 @@ class CNNLayer(Representation):
             self._peak = self._peak_activation(traced)
         else:
             self.traced = False
+            if self.grad_leak:
+                raise ValueError(f"grad_leak needs a model torch.fx can trace ({type(trace_error).__name__})")
             modules = dict(model.named_modules())
             if self.layer not in modules or not self.layer:
                 valid = [n for n, _ in _leaf_modules(model)] + [n for n in modules if n and n not in
@@ -363,4 +373,4 @@ class CNNLayer(Representation):
         rf = self.receptive_field
         rf_s = "" if rf is None else f", receptive_field={tuple(int(v) if float(v).is_integer() else v for v in rf.total_size)}"
         return (f"layer={self.layer!r}, output_shape={self.output_shape}, input_size={self.input_size}"
-                f"{rf_s}, traced={self.traced}")
+                f"{rf_s}, traced={self.traced}" + (f", grad_leak={self.grad_leak:g}" if self.grad_leak else ""))

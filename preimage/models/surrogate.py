@@ -1,0 +1,112 @@
+"""Surrogate gradients for clipping activations: the value exact, the gradient leaky.
+
+A clipping activation (``relu``, ``relu6``, ``hardtanh``) passes no gradient where it clips. When
+an image is optimised through a network, a unit clipped now gets no signal to move, even when the
+target code wants it elsewhere: deep codes behind many such units converge slowly (MobileNet v2's
+``conv_last``, 35 ReLU6 deep, ends its 400 iterations far from its code). With a leak ``ℓ`` the
+backward pass lets ``ℓ`` of the gradient through where the unit clips (``g·ℓ`` instead of 0); the
+forward value is unchanged, so the codes and every error computed from them are exact.
+
+:func:`leaky_clip` is the function, :func:`leak_clipping_gradients` the ``torch.fx`` pass that puts
+it in place of a graph's clipping activations::
+
+    gm = truncate_graph_module(traced.gm, node)
+    leak_clipping_gradients(gm, 0.05)     # → how many activations it replaced
+
+Measured on 8 ``train/`` images, MobileNet v2, 224², the default Fourier inversion, 400
+iterations, normalised error (paper convention) mean: ``conv_last`` 32.6 % exact, 25.8 % at
+ℓ = 0.05, 97 % at ℓ = 0.3 (too much: the surrogate no longer points downhill); ``block10_add``
+9.9 % exact, 8.9 % at ℓ = 0.05, every image lower.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["leaky_clip", "leak_clipping_gradients"]
+
+
+class _LeakyClip(torch.autograd.Function):
+    """``x.clamp(lo, hi)`` forward; backward ``g`` inside ``(lo, hi)`` and ``leak·g`` outside."""
+
+    @staticmethod
+    def forward(ctx, x, lo: float, hi: float, leak: float):
+        ctx.save_for_backward(x)
+        ctx.bounds = (lo, hi, leak)
+        return x.clamp(lo, None if math.isinf(hi) else hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,), (lo, hi, leak) = ctx.saved_tensors, ctx.bounds
+        inside = torch.ops.aten.hardtanh_backward(g, x, lo, hi)  # g where lo < x < hi, else 0
+        return inside.mul_(1.0 - leak).add_(g, alpha=leak), None, None, None
+
+
+def leaky_clip(x: torch.Tensor, lo: float, hi: float, leak: float) -> torch.Tensor:
+    """``x`` (any shape) clamped to ``[lo, hi]`` (``hi`` may be ``inf``), same shape; its gradient is
+    1 inside ``(lo, hi)`` and ``leak`` (0 ≤ leak < 1) outside.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 3.0, 7.0], requires_grad=True)
+        >>> leaky_clip(x, 0.0, 6.0, 0.05).sum().backward()
+        >>> x.grad
+        tensor([0.0500, 1.0000, 0.0500])
+    """
+    return _LeakyClip.apply(x, float(lo), float(hi), float(leak))
+
+
+def _bounds_of_function(node: fx.Node) -> tuple[float, float] | None:
+    t = node.target
+    if t in (F.relu, torch.relu):
+        return 0.0, math.inf
+    if t is F.relu6:
+        return 0.0, 6.0
+    if t is F.hardtanh:
+        args = list(node.args[1:3]) + [None] * 2
+        lo = node.kwargs.get("min_val", args[0] if args[0] is not None else -1.0)
+        hi = node.kwargs.get("max_val", args[1] if args[1] is not None else 1.0)
+        return float(lo), float(hi)
+    return None
+
+
+def _bounds_of_module(module: nn.Module) -> tuple[float, float] | None:
+    if isinstance(module, nn.ReLU):
+        return 0.0, math.inf
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+        return float(module.min_val), float(module.max_val)
+    return None
+
+
+def leak_clipping_gradients(gm: fx.GraphModule, leak: float) -> int:
+    """Replace, in place, every clipping activation of ``gm`` (``F.relu``, ``torch.relu``,
+    ``F.relu6``, ``F.hardtanh`` calls, ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by
+    :func:`leaky_clip` with ``leak`` (0 ≤ leak < 1; 0 changes nothing). Returns how many it
+    replaced; ``gm`` is recompiled. Values are unchanged; only gradients differ."""
+    leak = float(leak)
+    if not 0.0 <= leak < 1.0:
+        raise ValueError(f"the gradient leak must be in [0, 1), got {leak}")
+    if leak == 0.0:
+        return 0
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function":
+            bounds = _bounds_of_function(node)
+        elif node.op == "call_module":
+            bounds = _bounds_of_module(gm.get_submodule(node.target))
+        else:
+            bounds = None
+        if bounds is None:
+            continue
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_function(leaky_clip, (node.args[0], bounds[0], bounds[1], leak))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        count += 1
+    gm.graph.lint()
+    gm.recompile()
+    return count
