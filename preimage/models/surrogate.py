@@ -44,7 +44,7 @@ class _LeakyClip(torch.autograd.Function):
     def backward(ctx, g):
         (x,), (lo, hi, leak) = ctx.saved_tensors, ctx.bounds
         inside = torch.ops.aten.hardtanh_backward(g, x, lo, hi)  # g where lo < x < hi, else 0
-        return inside.mul_(1.0 - leak).add_(g, alpha=leak), None, None, None
+        return inside.lerp_(g, leak), None, None, None  # (1 − ℓ)·inside + ℓ·g, one pass
 
 
 def leaky_clip(x: torch.Tensor, lo: float, hi: float, leak: float) -> torch.Tensor:
