@@ -18,6 +18,8 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
   "today's default", whose images per second the last table compares every method's with;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
   layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``);
+* ``leak`` (CNN layers only): the default through ``CNNLayer(..., grad_leak=LEAK)``: clipping
+  activations pass :data:`LEAK` of the gradient where they clip (the codes are unchanged);
 * ``momentum``, ``adam``, ``lbfgs``: ``invert(rep, x, method=...)``, the default's parameterisation
   with another optimiser (the one that is the default's own is skipped);
 * ``early``: the default with per-sample early stopping, ``invert(rep, x, tol=--tol, window=--window)``;
@@ -98,9 +100,12 @@ from preimage.params import parameterisation_class  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
 from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
-METHODS = ("paper", "paper-nchw", "default", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
+METHODS = ("paper", "paper-nchw", "default", "leak", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
 #: methods that run on CNN layers only
-CNN_ONLY = ("paper-nchw", "cnnvis", "cnnvis-best")
+CNN_ONLY = ("paper-nchw", "leak", "cnnvis", "cnnvis-best")
+#: ``leak``'s gradient leak through the clipping activations (``CNNLayer(grad_leak=...)``, chosen on
+#: train/: 0.02, 0.05, 0.1, 0.3 at conv_last, preimage.models.surrogate)
+LEAK = 0.05
 SHALLOW_SIZE = (227, 227)
 #: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK): the
 #: same algorithm through another execution (``paper-nchw``) ends 1e-3 (relative) away by rounding alone
@@ -122,10 +127,12 @@ class Case:
     cnn: bool
     info: dict = field(default_factory=dict)
     plain: torch.nn.Module | None = None  # CNN layers: the same layer, NCHW and unchunked
+    leaky: torch.nn.Module | None = None  # CNN layers: the same layer with a gradient leak
 
     def rep_for(self, method: str) -> torch.nn.Module:
-        """The representation ``method`` runs on (``paper-nchw``: :attr:`plain`)."""
-        return self.plain if method == "paper-nchw" else self.rep
+        """The representation ``method`` runs on (``paper-nchw``: :attr:`plain`, ``leak``:
+        :attr:`leaky`)."""
+        return {"paper-nchw": self.plain, "leak": self.leaky}.get(method) or self.rep
 
 
 def _load(paths, mode: str, size) -> torch.Tensor:
@@ -156,7 +163,8 @@ def build_cases(spec: str, n_images: int, n_blocks: int) -> tuple[list[Case], li
                 if b not in model.block_names:
                     raise SystemExit(f"--reps: {b!r} is not a MobileNet v2 block ({', '.join(model.block_names)})")
                 cases.append(Case(f"mobilenet_v2:{b}", CNNLayer(model, b), rgb, True, {"block": b},
-                                  plain=CNNLayer(model, b, **PLAIN_EXECUTION)))
+                                  plain=CNNLayer(model, b, **PLAIN_EXECUTION),
+                                  leaky=CNNLayer(model, b, grad_leak=LEAK)))
         else:
             raise SystemExit(f"--reps: unknown {item!r} (hog, hogb, dsift, mobilenet_v2[:BLOCK])")
     return cases, [p.name for p in paths]
@@ -315,7 +323,7 @@ def method_options(method: str, args) -> dict:
     its = {"iterations": args.iterations} if args.iterations else {}
     if method in ("paper", "paper-nchw"):
         return dict(its, method="paper")
-    if method == "default":
+    if method in ("default", "leak"):
         return its
     if method == "early":
         return dict(its, tol=args.tol, window=args.window)
