@@ -55,7 +55,7 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--grad-leak", type=float, default=0.0,
                     help="--model layers: let this fraction (e.g. 0.05) of the gradient through where a "
                          "ReLU/ReLU6 clips; the code is unchanged (default 0, the exact gradient; helps deep "
-                         "layers: MobileNet v2 conv_last 32.6 %% → 25.8 %% on train/)")
+                         "layers: MobileNet v2 conv_last 32.6 %% → 25.6 %% on train/)")
     sp.add_argument("--tol", type=float, help="stop each sample early: when its energy improved by less than "
                                               "this fraction over --window iterations it moves to its next "
                                               "stage, after the last it stops (default: off, full schedule)")

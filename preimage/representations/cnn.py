@@ -196,7 +196,7 @@ class CNNLayer(Representation):
     ``grad_leak`` ℓ (traced layers, 0 ≤ ℓ < 1; default 0, the exact gradient): the clipping
     activations (ReLU, ReLU6, hardtanh) pass ℓ of the gradient where they clip; the code itself is
     unchanged (:mod:`preimage.models.surrogate`, which has the train/ measurements: ℓ = 0.05 lowers
-    MobileNet v2's ``conv_last`` inversion error from 32.6 % to 25.8 % at 400 iterations).
+    MobileNet v2's ``conv_last`` inversion error from 32.6 % to 25.6 % at 400 iterations).
 
     Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
     scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the
