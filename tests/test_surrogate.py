@@ -12,11 +12,11 @@ from preimage.models.surrogate import leak_clipping_gradients, leaky_clip
 from preimage.representations.cnn import CNNLayer
 
 
-@pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0)])
+@pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0), (-math.inf, 2.0)])
 def test_leaky_clip_is_clamp_forward_and_leaks_where_it_clips(lo, hi):
     x = torch.linspace(-3, 9, 49, requires_grad=True)
     y = leaky_clip(x, lo, hi, 0.1)
-    assert torch.equal(y, x.clamp(lo, None if math.isinf(hi) else hi))
+    assert torch.equal(y, x.clamp(None if math.isinf(lo) else lo, None if math.isinf(hi) else hi))
     g = torch.randn_like(x)
     y.backward(g)
     inside = (x > lo) & (x < hi)
@@ -35,6 +35,7 @@ class _Net(nn.Module):
         x = F.relu6(self.conv(x))
         x = self.act(x)
         x = F.hardtanh(torch.relu(self.conv2(x)), -0.5, 0.5)
+        x = torch.clamp(x, 0.0, 0.4) + torch.clamp(x, min=x.mean())  # a bound from the graph: kept
         return F.relu(x) + torch.tanh(x)  # tanh is not clipping: kept
 
 
@@ -44,10 +45,11 @@ def test_the_pass_replaces_every_clipping_activation_and_keeps_values():
     gm = fx.symbolic_trace(net)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     exact = net(x)
-    assert leak_clipping_gradients(gm, 0.05) == 5
+    assert leak_clipping_gradients(gm, 0.05) == 6
     assert torch.equal(gm(x), exact)
     targets = [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_module")]
     assert leaky_clip in targets and torch.tanh in targets and F.relu6 not in targets
+    assert targets.count(torch.clamp) == 1
     # some unit clips, so the gradients differ, and only there
     g_exact = torch.autograd.grad(exact.sum(), x)[0]
     g_leaky = torch.autograd.grad(gm(x).sum(), x)[0]

@@ -45,7 +45,7 @@ class _LeakyClip(torch.autograd.Function):
     def forward(ctx, x, lo: float, hi: float, leak: float):
         ctx.save_for_backward(x)
         ctx.bounds = (lo, hi, leak)
-        return x.clamp(lo, None if math.isinf(hi) else hi)
+        return x.clamp(None if math.isinf(lo) else lo, None if math.isinf(hi) else hi)
 
     @staticmethod
     def backward(ctx, g):
@@ -73,11 +73,16 @@ def _bounds_of_function(node: fx.Node) -> tuple[float, float] | None:
         return 0.0, math.inf
     if t is F.relu6:
         return 0.0, 6.0
+    args = list(node.args[1:3]) + [None] * 2
     if t is F.hardtanh:
-        args = list(node.args[1:3]) + [None] * 2
         lo = node.kwargs.get("min_val", args[0] if args[0] is not None else -1.0)
         hi = node.kwargs.get("max_val", args[1] if args[1] is not None else 1.0)
         return float(lo), float(hi)
+    if t is torch.clamp:  # ONNX's Clip: constant bounds only (a bound computed in the graph is kept)
+        lo, hi = node.kwargs.get("min", args[0]), node.kwargs.get("max", args[1])
+        if isinstance(lo, fx.Node) or isinstance(hi, fx.Node) or (lo is None and hi is None):
+            return None
+        return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
     return None
 
 
@@ -91,7 +96,8 @@ def _bounds_of_module(module: nn.Module) -> tuple[float, float] | None:
 
 def leak_clipping_gradients(gm: fx.GraphModule, leak: float) -> int:
     """Replace, in place, every clipping activation of ``gm`` (``F.relu``, ``torch.relu``,
-    ``F.relu6``, ``F.hardtanh`` calls, ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by
+    ``F.relu6``, ``F.hardtanh`` calls, ``torch.clamp`` with constant bounds (ONNX's Clip),
+    ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by
     :func:`leaky_clip` with ``leak`` (0 ≤ leak < 1; 0 changes nothing). Returns how many it
     replaced; ``gm`` is recompiled. Values are unchanged; only gradients differ."""
     leak = float(leak)

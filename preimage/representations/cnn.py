@@ -194,7 +194,7 @@ class CNNLayer(Representation):
     pass), computed from the layer's activation shapes. The code comes back NCHW-contiguous.
 
     ``grad_leak`` ℓ (traced layers, 0 ≤ ℓ < 1; default 0, the exact gradient): the clipping
-    activations (ReLU, ReLU6, hardtanh) pass ℓ of the gradient where they clip; the code itself is
+    activations (ReLU, ReLU6, hardtanh, ONNX's Clip) pass ℓ of the gradient where they clip; the code is
     unchanged (:mod:`preimage.models.surrogate`, which has the train/ measurements: ℓ = 0.05 lowers
     MobileNet v2's ``conv_last`` inversion error from 32.6 % to 25.6 % at 400 iterations).
 
