@@ -55,6 +55,18 @@ def test_search_path_order(no_data, monkeypatch):
                                            "shared data (PREIMAGE_DATA)", "user folder"]
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_weights_file_as_the_model_points_to_weights(no_data, image, capsys, suffix):
+    weights = no_data / f"net{suffix}"
+    weights.write_bytes(b"\x80\x02not a network")  # existing or not, the suffix decides: nothing is read
+    for path in (weights, no_data / f"missing{suffix}"):
+        out = no_data / "out"
+        assert main(["invert", str(image), "--model", str(path), "--layer", "conv1", "--out", str(out)]) == 2
+        line = _err(capsys)
+        assert "a weights file" in line and f"--weights {path}" in line and "package.module:factory" in line
+        assert not out.exists()
+
+
 def test_missing_named_model_says_where_it_looked_and_how_to_get_it(no_data, image, capsys):
     out = no_data / "out"
     assert main(["invert", str(image), "--model", "mobilenet_v2", "--layer", "block10_add", "--out", str(out)]) == 2

@@ -42,6 +42,8 @@ MOBILENET_MODEL_NAMES = ("mobilenet_v2", "mobilenet_v2_tf2", "mobilenet_v1", "mo
 #: are paths to .onnx/.tflite files and ``package.module:factory``.
 MODEL_NAMES = ("caffenet",) + MOBILENET_MODEL_NAMES
 TORCHVISION_PREFIX = "torchvision:"
+#: Suffixes of weight files (checkpoints, state dicts): ``--model`` refuses them with a hint to ``--weights``.
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl", ".pickle", ".h5", ".npz")
 
 
 def model_kind(name) -> str:
@@ -65,6 +67,17 @@ def model_kind(name) -> str:
     if is_factory_spec(raw):
         return "factory"
     return "unknown"
+
+
+def _refuse_weights_file(raw: str) -> None:
+    """A :class:`PreimageError` for a weights file given as the network (its suffix in
+    :data:`WEIGHTS_SUFFIXES`): weights alone do not say the architecture, and this library never
+    unpickles model files."""
+    suffix = Path(raw).suffix.lower()
+    if suffix in WEIGHTS_SUFFIXES:
+        raise PreimageError(f"{raw}: a weights file ({suffix}), not a network. --model takes a model name, a "
+                            ".onnx or .tflite file, or package.module:factory (a function returning the "
+                            f"nn.Module); give these weights with --weights {raw}")
 
 
 def _locate(raw: str, model_dir) -> Path:
@@ -163,6 +176,7 @@ def get_model(name: str, weights=None, *, model_dir=None, preprocess=None, input
     elif kind == "factory":
         model = _from_factory(raw, weights, prep, input_size)
     else:
+        _refuse_weights_file(raw)
         path = _locate(raw, model_dir)
         kind = model_kind(path)
         model = _from_file(kind, path, weights, prep, input_size, **kwargs)
