@@ -126,7 +126,7 @@ def test_cnn_invert_with_a_gradient_leak_records_it(tmp_path, image_file, capsys
         rc = main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv2", "--iters", "3",
                    "--grad-leak", "0.05", "--out", str(out), "--no-progress"])
     assert rc == 0 and json.loads((out / "result.json").read_text())["grad_leak"] == 0.05
-    for argv, message in ((["--model", "caffenet", "--layer", "conv2", "--grad-leak", "1.5"], "--grad-leak must be"),
+    for argv, message in ((["--model", "caffenet", "--layer", "conv2", "--grad-leak", "1.5"], "leak must be in [0, 1)"),
                           (["--rep", "hog", "--grad-leak", "0.05"], "network layers")):
         capsys.readouterr()
         assert main(["invert", str(image_file), *argv, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2

@@ -216,9 +216,7 @@ def _cnn_target(args) -> Target:
     from ..models import model_settings
     net = load_model(args)
     leak = float(getattr(args, "grad_leak", 0.0) or 0.0)
-    if not 0.0 <= leak < 1.0:
-        raise PreimageError(f"--grad-leak must be in [0, 1), got {leak:g}")
-    rep = CNNLayer(net, args.layer, grad_leak=leak)
+    rep = CNNLayer(net, args.layer, grad_leak=leak)  # a leak outside [0, 1) is a ValueError
     img, name = load_input(args.image, "rgb", None)
     if rep.input_size:
         img = resize(img, tuple(rep.input_size))
