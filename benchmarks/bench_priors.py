@@ -39,7 +39,8 @@ the JSON its wall seconds and the cost ratio too.
 (factor on λ_α), ``sched`` (``cnn``: the paper's staged schedule rescaled to K iterations; ``const``:
 one rate throughout; ``anneal``: :data:`ANNEAL` rescaled), ``optimiser``
 (``adam``, ``lbfgs``, ``momentum``), ``jitter`` (pixels or ``auto``), ``bounded`` (0/1: the sigmoid image), ``margin`` (grey levels the
-sigmoid's range extends beyond 0–255), e.g.
+sigmoid's range extends beyond 0–255), ``leak`` (the gradient leak through the clipping activations;
+the default, fourier and dip take the layer's, 0.05; lucent differentiates exactly), e.g.
 ``fourier:lr=0.02``, ``fourier+jitter:lr=0.05:tv=0.1``. The spec string is the method's label.
 
 **Columns** per (block, method), means over the N images: the normalised error in the paper's
@@ -98,18 +99,19 @@ FOURIER = dict(lr=FourierParam.recommended_lr, sched="const", tv=FourierParam.pr
 #: Each base method's settings (a spec's options override them).
 BASES = {
     "paper": dict(param="pixel", optimiser="momentum", lr=None, sched="cnn", tv=1.0, alpha=1.0,
-                  jitter=None, bounded=False, transforms=False),
+                  jitter=None, bounded=False, transforms=False, leak=0.0),
     "default": dict(param=CNNLayer.param, optimiser=None, lr=None, sched=None, tv=None, alpha=None,
-                    jitter=None, bounded=False, transforms=False),
-    "fourier": dict(param="fourier", optimiser="adam", **FOURIER, jitter=None, bounded=False, transforms=False),
+                    jitter=None, bounded=False, transforms=False, leak=None),
+    "fourier": dict(param="fourier", optimiser="adam", **FOURIER, jitter=None, bounded=False, transforms=False,
+                    leak=None),
     "fourier+jitter": dict(param="fourier", optimiser="adam", **FOURIER, jitter="auto", bounded=False,
-                           transforms=False),
+                           transforms=False, leak=None),
     "dip": dict(param="dip", optimiser="adam", **{**FOURIER, "lr": DIPParam.recommended_lr}, jitter=None,
-                bounded=False, transforms=False),
+                bounded=False, transforms=False, leak=None),
     "lucent": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0, alpha=0.0,
-                   jitter=None, bounded=True, transforms=False),
+                   jitter=None, bounded=True, transforms=False, leak=0.0),
     "lucent+transforms": dict(param="fourier", optimiser="adam", lr=0.05, sched="const", tv=0.0,
-                              alpha=0.0, jitter=None, bounded=True, transforms=True),
+                              alpha=0.0, jitter=None, bounded=True, transforms=True, leak=0.0),
 }
 
 #: lucent's transforms as issue 14's brief gives them: pad, jitter, scale, rotation, jitter. (The
@@ -138,7 +140,7 @@ class Method:
 
 def _option(key: str, value: str):
     """A spec option's value, typed."""
-    if key in ("lr", "tv", "alpha", "margin"):
+    if key in ("lr", "tv", "alpha", "margin", "leak"):
         return float(value)
     if key == "bounded":
         return value.strip().lower() in ("1", "true", "yes")
@@ -152,7 +154,7 @@ def _option(key: str, value: str):
         if value not in ("adam", "lbfgs", "momentum"):
             raise ValueError(f"optimiser must be adam, lbfgs or momentum, not {value!r}")
         return value
-    raise ValueError(f"unknown option {key!r}; valid: lr, tv, alpha, sched, jitter, bounded, margin, optimiser")
+    raise ValueError(f"unknown option {key!r}; valid: lr, tv, alpha, sched, jitter, bounded, margin, optimiser, leak")
 
 
 def parse_method(spec: str) -> Method:
@@ -267,8 +269,9 @@ def run_transformed(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int, 
     param = param.init(seed, restarts=torch.zeros(x.shape[0], dtype=torch.long))
     schedule, its = _schedule(m, iterations)
     t, gen = lucent_transforms(), torch.Generator().manual_seed(seed)
-    res = minimise(obj, param, lr=m.lr, schedule=schedule, iterations=its, method=m.optimiser,
-                   progress=False, transform=lambda u, k: t(u, gen))
+    with rep.leaking_gradients(rep.grad_leak if m.leak is None else m.leak):
+        res = minimise(obj, param, lr=m.lr, schedule=schedule, iterations=its, method=m.optimiser,
+                       progress=False, transform=lambda u, k: t(u, gen))
     return obj.image(res.u).detach()
 
 
@@ -285,7 +288,7 @@ def run_method(rep: CNNLayer, x: torch.Tensor, m: Method, iterations: int | None
     schedule, its = _schedule(m, iterations)
     res = invert(rep, x, param=m.param, param_options=param_options(m),
                  method=m.optimiser, lr=m.lr, schedule=schedule, iterations=its, lambda_tv=lam_tv,
-                 lambda_alpha=lam_alpha, jitter=m.jitter, progress=False, seed=seed)
+                 lambda_alpha=lam_alpha, jitter=m.jitter, grad_leak=m.leak, progress=False, seed=seed)
     return res.reconstructions[:, 0, 0]
 
 

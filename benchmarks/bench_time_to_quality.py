@@ -17,9 +17,10 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
   chunked execution (``CNNLayer(..., **PLAIN_EXECUTION)``): the issue's
   "today's default", whose images per second the last table compares every method's with;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
-  layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``);
-* ``leak`` (CNN layers only): the default through ``CNNLayer(..., grad_leak=LEAK)``: clipping
-  activations pass :data:`LEAK` of the gradient where they clip (the codes are unchanged);
+  layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``,
+  differentiated through the layer's leaky surrogate gradient, ``CNNLayer.grad_leak``);
+* ``exact`` (CNN layers only): the default with the exact gradient (``grad_leak=0``), the default
+  before the leak;
 * ``momentum``, ``adam``, ``lbfgs``: ``invert(rep, x, method=...)``, the default's parameterisation
   with another optimiser (the one that is the default's own is skipped);
 * ``early``: the default with per-sample early stopping, ``invert(rep, x, tol=--tol, window=--window)``;
@@ -100,12 +101,9 @@ from preimage.params import parameterisation_class  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
 from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
-METHODS = ("paper", "paper-nchw", "default", "leak", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
+METHODS = ("paper", "paper-nchw", "default", "exact", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
 #: methods that run on CNN layers only
-CNN_ONLY = ("paper-nchw", "leak", "cnnvis", "cnnvis-best")
-#: ``leak``'s gradient leak through the clipping activations (``CNNLayer(grad_leak=...)``, chosen on
-#: train/: 0.02, 0.05, 0.1, 0.3 at conv_last, preimage.models.surrogate)
-LEAK = 0.05
+CNN_ONLY = ("paper-nchw", "exact", "cnnvis", "cnnvis-best")
 SHALLOW_SIZE = (227, 227)
 #: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK): the
 #: same algorithm through another execution (``paper-nchw``) ends 1e-3 (relative) away by rounding alone
@@ -127,12 +125,10 @@ class Case:
     cnn: bool
     info: dict = field(default_factory=dict)
     plain: torch.nn.Module | None = None  # CNN layers: the same layer, NCHW and unchunked
-    leaky: torch.nn.Module | None = None  # CNN layers: the same layer with a gradient leak
 
     def rep_for(self, method: str) -> torch.nn.Module:
-        """The representation ``method`` runs on (``paper-nchw``: :attr:`plain`, ``leak``:
-        :attr:`leaky`)."""
-        return {"paper-nchw": self.plain, "leak": self.leaky}.get(method) or self.rep
+        """The representation ``method`` runs on (``paper-nchw``: :attr:`plain`)."""
+        return self.plain if method == "paper-nchw" else self.rep
 
 
 def _load(paths, mode: str, size) -> torch.Tensor:
@@ -163,8 +159,7 @@ def build_cases(spec: str, n_images: int, n_blocks: int) -> tuple[list[Case], li
                 if b not in model.block_names:
                     raise SystemExit(f"--reps: {b!r} is not a MobileNet v2 block ({', '.join(model.block_names)})")
                 cases.append(Case(f"mobilenet_v2:{b}", CNNLayer(model, b), rgb, True, {"block": b},
-                                  plain=CNNLayer(model, b, **PLAIN_EXECUTION),
-                                  leaky=CNNLayer(model, b, grad_leak=LEAK)))
+                                  plain=CNNLayer(model, b, **PLAIN_EXECUTION)))
         else:
             raise SystemExit(f"--reps: unknown {item!r} (hog, hogb, dsift, mobilenet_v2[:BLOCK])")
     return cases, [p.name for p in paths]
@@ -323,8 +318,10 @@ def method_options(method: str, args) -> dict:
     its = {"iterations": args.iterations} if args.iterations else {}
     if method in ("paper", "paper-nchw"):
         return dict(its, method="paper")
-    if method in ("default", "leak"):
+    if method == "default":
         return its
+    if method == "exact":
+        return dict(its, grad_leak=0.0)
     if method == "early":
         return dict(its, tol=args.tol, window=args.window)
     if method in ("momentum", "adam", "lbfgs"):

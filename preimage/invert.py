@@ -150,6 +150,20 @@ def resolve_schedule(rep: Representation, param: str, schedule, iterations: int 
     return make_schedule(schedule, iterations)
 
 
+def resolve_grad_leak(rep: Representation, method: str | None, grad_leak: float | None) -> float:
+    """The gradient leak of an inversion: ``grad_leak`` as given, else the representation's
+    declared ``grad_leak``; always 0 (the exact gradient) for ``method="paper"``, which refuses
+    another."""
+    if method == "paper":
+        if grad_leak:
+            raise ValueError("method='paper' is the paper's own method, with the exact gradient: drop grad_leak")
+        return 0.0
+    leak = float(rep.grad_leak if grad_leak is None else grad_leak)
+    if not 0.0 <= leak < 1.0:
+        raise ValueError(f"the gradient leak must be in [0, 1), got {leak}")
+    return leak
+
+
 def resolve_jitter(rep: Representation, jitter: int | str | None) -> int:
     """The jitter J ≥ 1 (1: none): an int as given, ``"auto"`` the IJCV rule for the
     representation's :meth:`~preimage.representations.base.Representation.code_stride`."""
@@ -253,6 +267,7 @@ class _Problem:
     jitter: int = 1
     tol: float | None = None
     window: int = DEFAULT_WINDOW
+    grad_leak: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -351,7 +366,7 @@ def _assemble(p: _Problem, u: torch.Tensor, energy: dict[str, torch.Tensor], hal
                     param=p.param, param_options=dict(p.param_options), jitter=p.jitter,
                     sigma=sigma, masked=p.mask is not None, iterations=sum(s[0] for s in p.stages),
                     lr_halvings=halvings.view(shape3).tolist(), tol=p.tol, window=p.window,
-                    iterations_used=used.view(shape3).tolist())
+                    iterations_used=used.view(shape3).tolist(), grad_leak=p.grad_leak)
     return Inversion(
         reconstructions=recon.detach().cpu().view(shape3 + p.image_shape),
         targets=p.target.detach().cpu(),
@@ -373,7 +388,7 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
            checkpoint: str | Path | None = None, max_batch: int | None = None,
            dtype: torch.dtype = torch.float32, param: str | None = None, param_options: dict | None = None,
            jitter: int | str | None = None, tol: float | None = None,
-           window: int = DEFAULT_WINDOW) -> Inversion:
+           window: int = DEFAULT_WINDOW, grad_leak: float | None = None) -> Inversion:
     """Reconstruct images from their codes.
 
     Args:
@@ -393,7 +408,9 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             :func:`resolve_method`; for pixels the representation's ``schedule`` and the paper's
             momentum at its ``lr``, scaled per setting by :func:`default_learning_rates` so that
             strong TV does not make momentum GD diverge). ``method="paper"``: exactly the
-            paper's method (pixels, momentum, its schedule and λ; no jitter).
+            paper's method (pixels, momentum, its schedule and λ; no jitter; the exact gradient).
+            Every other recipe differentiates through the representation's surrogate gradient
+            (:func:`resolve_grad_leak`).
         mask: optional 0/1 mask broadcastable to one code ``(1, ...)``.
         seed: seeds the R initial noises (restart r gets the same noise for every image/setting).
         device: where to run (default: the images'/target's device).
@@ -408,16 +425,20 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
             each step, for the first :data:`JITTER_UNTIL` of the iterations (IJCV 2016);
             ``"auto"``: a quarter of the code's stride (:func:`resolve_jitter`); None or 1: none.
         tol, window: per-sample early stopping, see :func:`preimage.optim.minimise` (None: off).
+        grad_leak: the leak (0 ≤ ℓ < 1) of the gradient through the representation's clipping
+            activations (:meth:`~preimage.representations.base.Representation.leaking_gradients`);
+            ``None``: the representation's ``grad_leak`` (CNN layers 0.05), 0 for ``method="paper"``.
     Returns:
         :class:`Inversion`; its ``settings["lr_halvings"]`` ``(N, R, K)`` counts the rate halvings
         after divergence (a warning is issued when there were any), ``settings["iterations_used"]``
-        ``(N, R, K)`` the iterations each sample ran.
+        ``(N, R, K)`` the iterations each sample ran, ``settings["grad_leak"]`` the leak used.
     """
     image_shape = _image_shape(images, target, image_shape, restarts)
     dev = torch.device(device) if device is not None else (images.device if images is not None else target.device)
     rep = as_representation(representation).to(dev).eval()
     rep.check_input(torch.zeros((1,) + image_shape, device=dev))
     target = _target(rep, images, target, dev, dtype)
+    leak = resolve_grad_leak(rep, method, grad_leak)
     param, method = resolve_recipe(rep, param, method, jitter)
     tvs, alphas = lambda_settings(rep, image_shape, lambda_tv, lambda_alpha, alpha, beta,
                                   parameterisation_class(param).prior_scale)
@@ -428,10 +449,11 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     p = _Problem(rep, target, image_shape, restarts, tvs, alphas, rates,
                  resolve_schedule(rep, param, schedule, iterations),
                  alpha, beta, method, mask, param, {**parameterisation_class(param).recommended_options, **(param_options or {})},
-                 resolve_jitter(rep, jitter), tol, window)
+                 resolve_jitter(rep, jitter), tol, window, leak)
     chunk = max_batch or target.shape[0] * restarts * len(tvs)
     t0 = time.perf_counter()
-    u, energy, halvings, used = _optimise(p, chunk, seed, dev, dtype, progress, checkpoint)
+    with rep.leaking_gradients(leak):
+        u, energy, halvings, used = _optimise(p, chunk, seed, dev, dtype, progress, checkpoint)
     return _assemble(p, u, energy, halvings, used, chunk, seed, time.perf_counter() - t0)
 
 

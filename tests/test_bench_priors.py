@@ -25,6 +25,8 @@ def test_parse_method_defaults_and_options(bp):
                                                         0.02, 0.1, "const")
     lucent = bp.parse_method("lucent")
     assert lucent.bounded and lucent.tv == 0 and lucent.alpha == 0 and lucent.sched == "const"
+    # lucent differentiates the network exactly; preimage's recipes take the layer's leak
+    assert lucent.leak == 0.0 and m.leak is None and bp.parse_method("fourier:leak=0.02").leak == 0.02
     assert bp.parse_method("lucent+transforms").transforms
     assert bp.cost_key(lucent) == bp.cost_key(bp.parse_method("default")) != bp.cost_key(bp.parse_method("dip"))
     for bad in ("nope", "fourier:speed=2", "paper:lr=1", "default:lr=1", "fourier:sched=fast"):

@@ -131,7 +131,7 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     assert all("error" not in r for r in rows)
     got = {(r["rep"], r["batch"], r["method"]) for r in rows}
     hog = {"paper", "default", "adam", "lbfgs", "early"}  # momentum is HOG's default
-    cnn = {"paper", "paper-nchw", "default", "leak", "momentum", "lbfgs", "early", "cnnvis", "cnnvis-best"}  # adam: the default
+    cnn = {"paper", "paper-nchw", "default", "exact", "momentum", "lbfgs", "early", "cnnvis", "cnnvis-best"}  # adam: the default
     assert got == {("hog", b, m) for b in (1, 2) for m in hog} | {("mobilenet_v2:conv1", b, m)
                                                                   for b in (1, 2) for m in cnn}
     for r in rows:
@@ -153,9 +153,9 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     paper = {r["batch"]: r for r in cnn_rows if r["method"] == "paper"}
     for b in (1, 2):  # the same algorithm: channels-last and chunks change only the rounding
         assert nchw[b]["final_errors"] == pytest.approx(paper[b]["final_errors"], rel=1e-3)
-    leak = {r["batch"]: r for r in cnn_rows if r["method"] == "leak"}
+    exact = {r["batch"]: r for r in cnn_rows if r["method"] == "exact"}
     default = {r["batch"]: r for r in cnn_rows if r["method"] == "default"}
-    assert leak[2]["final_errors"] != default[2]["final_errors"]  # another gradient, another path
+    assert exact[2]["final_errors"] != default[2]["final_errors"]  # another gradient (no leak), another path
     md = out.with_suffix(".md").read_text()
     assert md.count("\n| hog | ") == 2 * len(hog) + len(hog) and "cnnvis-best (lr" in md
     capsys.readouterr()

@@ -120,13 +120,17 @@ def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
     assert main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv9", "--out", str(out)]) == 2
 
 
-def test_cnn_invert_with_a_gradient_leak_records_it(tmp_path, image_file, capsys):
-    out = tmp_path / "leak"
-    with pytest.warns(UserWarning):  # random CaffeNet weights
-        rc = main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv2", "--iters", "3",
-                   "--grad-leak", "0.05", "--out", str(out), "--no-progress"])
-    assert rc == 0 and json.loads((out / "result.json").read_text())["grad_leak"] == 0.05
-    for argv, message in ((["--model", "caffenet", "--layer", "conv2", "--grad-leak", "1.5"], "leak must be in [0, 1)"),
+def test_cnn_invert_leaks_by_default_and_records_the_leak(tmp_path, image_file, capsys):
+    for extra, leak in (([], 0.05), (["--grad-leak", "0.02"], 0.02), (["--grad-leak", "0"], 0.0),
+                        (["--method", "paper"], 0.0)):
+        out = tmp_path / f"leak{len(extra)}{leak}"
+        with pytest.warns(UserWarning):  # random CaffeNet weights
+            rc = main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv2", "--iters", "3",
+                       *extra, "--out", str(out), "--no-progress"])
+        assert rc == 0 and json.loads((out / "result.json").read_text())["settings"]["grad_leak"] == leak
+    caffenet = ["--model", "caffenet", "--layer", "conv2"]
+    for argv, message in (([*caffenet, "--grad-leak", "1.5"], "leak must be in [0, 1)"),
+                          ([*caffenet, "--method", "paper", "--grad-leak", "0.05"], "exact gradient"),
                           (["--rep", "hog", "--grad-leak", "0.05"], "network layers")):
         capsys.readouterr()
         assert main(["invert", str(image_file), *argv, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2

@@ -8,8 +8,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from preimage.models.surrogate import leak_clipping_gradients, leaky_clip
-from preimage.representations.cnn import CNNLayer
+from preimage.invert import invert
+from preimage.models.surrogate import LeakyClip, leak_clipping_gradients, leaky_clip, set_gradient_leak
+from preimage.representations.cnn import DEFAULT_GRAD_LEAK, CNNLayer
 
 
 @pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0), (-math.inf, 2.0)])
@@ -39,6 +40,10 @@ class _Net(nn.Module):
         return F.relu(x) + torch.tanh(x)  # tanh is not clipping: kept
 
 
+def _leaky_clips(gm):
+    return [m for m in gm.modules() if isinstance(m, LeakyClip)]
+
+
 def test_the_pass_replaces_every_clipping_activation_and_keeps_values():
     torch.manual_seed(0)
     net = _Net().eval()
@@ -46,32 +51,91 @@ def test_the_pass_replaces_every_clipping_activation_and_keeps_values():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     exact = net(x)
     assert leak_clipping_gradients(gm, 0.05) == 6
+    assert len(_leaky_clips(gm)) == 6 and all(m.leak == 0.05 for m in _leaky_clips(gm))
     assert torch.equal(gm(x), exact)
-    targets = [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_module")]
-    assert leaky_clip in targets and torch.tanh in targets and F.relu6 not in targets
-    assert targets.count(torch.clamp) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert torch.tanh in targets and F.relu6 not in targets and F.hardtanh not in targets
+    assert targets.count(torch.clamp) == 1  # the bound computed in the graph
     # some unit clips, so the gradients differ, and only there
     g_exact = torch.autograd.grad(exact.sum(), x)[0]
     g_leaky = torch.autograd.grad(gm(x).sum(), x)[0]
     assert not torch.allclose(g_exact, g_leaky)
 
 
-def test_zero_leak_changes_nothing_and_a_bad_leak_is_refused():
-    gm = fx.symbolic_trace(_Net())
-    code = gm.code
-    assert leak_clipping_gradients(gm, 0.0) == 0 and gm.code == code
-    with pytest.raises(ValueError, match="leak"):
-        leak_clipping_gradients(gm, 1.0)
+def test_at_zero_leak_values_and_gradients_are_the_original_ones_and_the_leak_switches():
+    torch.manual_seed(0)
+    net = _Net().eval()
+    gm = fx.symbolic_trace(net)
+    assert leak_clipping_gradients(gm) == 6 and {m.exact for m in _leaky_clips(gm)} == {"relu", "hardtanh", "clamp"}
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    g_net = torch.autograd.grad(net(x).sum(), x)[0]
+    assert torch.equal(gm(x), net(x)) and torch.equal(torch.autograd.grad(gm(x).sum(), x)[0], g_net)
+    assert set_gradient_leak(gm, 0.05) == 6
+    assert not torch.allclose(torch.autograd.grad(gm(x).sum(), x)[0], g_net)
+    set_gradient_leak(gm, 0.0)
+    assert torch.equal(torch.autograd.grad(gm(x).sum(), x)[0], g_net)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="leak"):
+            leak_clipping_gradients(fx.symbolic_trace(_Net()), bad)
+        with pytest.raises(ValueError, match="leak"):
+            set_gradient_leak(gm, bad)
 
 
-def test_cnn_layer_grad_leak_keeps_the_code_and_changes_the_gradient():
+def _grad(rep, x):
+    return torch.autograd.grad(rep(x).sum(), x)[0]
+
+
+def test_cnn_layer_leaks_only_inside_leaking_gradients():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU())
-    exact = CNNLayer(net, "3", input_size=(16, 16))
-    leaky = CNNLayer(net, "3", input_size=(16, 16), grad_leak=0.05)
-    assert leaky.grad_leak == 0.05 and "grad_leak=0.05" in repr(leaky)
+    exact = CNNLayer(net, "3", input_size=(16, 16), grad_leak=0.0)
+    layer = CNNLayer(net, "3", input_size=(16, 16))
+    assert layer.grad_leak == DEFAULT_GRAD_LEAK and exact.grad_leak == 0.0
+    assert f"grad_leak={DEFAULT_GRAD_LEAK:g}" in repr(layer)
     x = (torch.rand(2, 3, 16, 16) * 255).requires_grad_()
-    assert torch.equal(exact(x), leaky(x))
-    g0 = torch.autograd.grad(exact(x).sum(), x)[0]
-    g1 = torch.autograd.grad(leaky(x).sum(), x)[0]
-    assert not torch.allclose(g0, g1)
+    assert torch.equal(exact(x), layer(x)) and torch.equal(_grad(exact, x), _grad(layer, x))
+    with layer.leaking_gradients(layer.grad_leak):
+        assert torch.equal(exact(x), layer(x))
+        assert not torch.allclose(_grad(exact, x), _grad(layer, x))
+    assert torch.equal(_grad(exact, x), _grad(layer, x))  # exact again afterwards
+    with pytest.raises(ValueError, match="leak"):
+        CNNLayer(net, "3", input_size=(16, 16), grad_leak=1.5)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = x + 1
+        return self.act(self.conv(x))
+
+
+def test_a_hook_mode_layer_has_no_leak_and_refuses_one():
+    layer = CNNLayer(_Untraceable(), "conv", input_size=(8, 8))
+    assert not layer.traced and layer.grad_leak == 0.0
+    with layer.leaking_gradients(0.0):
+        pass
+    with pytest.raises(ValueError, match="leak"):
+        with layer.leaking_gradients(0.05):
+            pass
+    with pytest.raises(ValueError, match="trace"):
+        CNNLayer(_Untraceable(), "conv", input_size=(8, 8), grad_leak=0.05)
+
+
+def test_invert_leaks_in_its_own_recipes_and_never_in_the_papers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU())
+    layer = CNNLayer(net, "3", input_size=(16, 16))
+    x = torch.rand(1, 3, 16, 16) * 255
+    seen = []
+    layer.register_forward_hook(lambda m, i, o: seen.append({c.leak for c in m.modules() if isinstance(c, LeakyClip)}))
+    res = invert(layer, x, iterations=2, progress=False)
+    assert res.settings["grad_leak"] == DEFAULT_GRAD_LEAK and {DEFAULT_GRAD_LEAK} in seen
+    seen.clear()
+    res = invert(layer, x, iterations=2, method="paper", progress=False)
+    assert res.settings["grad_leak"] == 0.0 and all(s == {0.0} for s in seen)
+    assert {c.leak for c in layer.modules() if isinstance(c, LeakyClip)} == {0.0}

@@ -19,6 +19,7 @@ LUCENT = {
     "lambda_tv": 0.0,
     "lambda_alpha": 0.0,
     "schedule": [[512, 1.0]],
+    "grad_leak": 0.0,  # lucent differentiates the network exactly
 }
 
 #: lucent's ``transform.standard_transforms``: (kind, argument) in the order applied.

@@ -215,13 +215,12 @@ def _cnn_target(args) -> Target:
         raise PreimageError("--model needs --layer NAME (see `preimage layers MODEL`)")
     from ..models import model_settings
     net = load_model(args)
-    leak = float(getattr(args, "grad_leak", 0.0) or 0.0)
-    rep = CNNLayer(net, args.layer, grad_leak=leak)  # a leak outside [0, 1) is a ValueError
+    rep = CNNLayer(net, args.layer, grad_leak=getattr(args, "grad_leak", None))  # outside [0, 1): ValueError
     img, name = load_input(args.image, "rgb", None)
     if rep.input_size:
         img = resize(img, tuple(rep.input_size))
     info = {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)}
-    return Target(rep, img, name, {**info, "grad_leak": leak} if leak else info)
+    return Target(rep, img, name, info)
 
 
 def build_target(args) -> Target:

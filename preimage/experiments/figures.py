@@ -440,7 +440,7 @@ class Fig10(FigureExperiment):
 
 
 #: The image priors compared by :class:`FigPriors`: label → extra invert() settings.
-PRIORS = {"pixel (paper)": {"param": "pixel", "method": "momentum"}, "fourier": {"param": "fourier"},
+PRIORS = {"pixel (paper)": {"param": "pixel", "method": "momentum", "grad_leak": 0.0}, "fourier": {"param": "fourier"},
           "dip": {"param": "dip"}, "lucent": LUCENT}
 
 

@@ -8,10 +8,12 @@ backward pass lets ``ℓ`` of the gradient through where the unit clips (``g·�
 forward value is unchanged, so the codes and every error computed from them are exact.
 
 :func:`leaky_clip` is the function, :func:`leak_clipping_gradients` the ``torch.fx`` pass that puts
-it in place of a graph's clipping activations::
+a :class:`LeakyClip` module (exact until given a leak) in place of a graph's clipping activations,
+and :func:`set_gradient_leak` switches their leak at run time::
 
     gm = truncate_graph_module(traced.gm, node)
-    leak_clipping_gradients(gm, 0.05)     # → how many activations it replaced
+    leak_clipping_gradients(gm)           # → how many activations it replaced; still exact
+    set_gradient_leak(gm, 0.05)           # the backward leaks from now on; 0.0 makes it exact again
 
 Measured on 8 ``train/`` images: MobileNet v2 at 224², the default Fourier inversion, 400
 iterations. Mean normalised error (paper convention), exact gradient → ℓ = 0.05:
@@ -36,7 +38,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["leaky_clip", "leak_clipping_gradients"]
+__all__ = ["leaky_clip", "LeakyClip", "leak_clipping_gradients", "set_gradient_leak"]
 
 
 class _LeakyClip(torch.autograd.Function):
@@ -95,32 +97,86 @@ def _bounds_of_module(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def leak_clipping_gradients(gm: fx.GraphModule, leak: float) -> int:
-    """Replace, in place, every clipping activation of ``gm`` (``F.relu``, ``torch.relu``,
-    ``F.relu6``, ``F.hardtanh`` calls, ``torch.clamp`` with constant bounds (ONNX's Clip),
-    ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by
-    :func:`leaky_clip` with ``leak`` (0 ≤ leak < 1; 0 changes nothing). Returns how many it
-    replaced; ``gm`` is recompiled. Values are unchanged; only gradients differ."""
+def _check_leak(leak: float) -> float:
     leak = float(leak)
     if not 0.0 <= leak < 1.0:
         raise ValueError(f"the gradient leak must be in [0, 1), got {leak}")
-    if leak == 0.0:
-        return 0
+    return leak
+
+
+class LeakyClip(nn.Module):
+    """A clipping activation whose gradient leak can be switched: ``(*)`` → ``(*)``, the values of
+    ``x`` clipped to ``[lo, hi]`` (``lo`` may be ``-inf``, ``hi`` ``inf``).
+
+    With ``leak == 0`` (the default) it is the original operation, values and gradients alike:
+    ``exact`` names it, ``"relu"`` (``F.relu``), ``"hardtanh"`` (``F.hardtanh(x, lo, hi)``, which
+    ``relu6`` is) or ``"clamp"`` (``torch.clamp``, whose gradient passes at the bounds too). With
+    ``0 < leak < 1`` it is :func:`leaky_clip`.
+    """
+
+    def __init__(self, lo: float, hi: float, exact: str = "hardtanh", leak: float = 0.0):
+        super().__init__()
+        if exact not in ("relu", "hardtanh", "clamp"):
+            raise ValueError(f"exact must be relu, hardtanh or clamp, got {exact!r}")
+        self.lo, self.hi, self.exact = float(lo), float(hi), exact
+        self.leak = _check_leak(leak)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.leak:
+            return leaky_clip(x, self.lo, self.hi, self.leak)
+        if self.exact == "relu":
+            return F.relu(x)
+        if self.exact == "hardtanh":
+            return F.hardtanh(x, self.lo, self.hi)
+        return torch.clamp(x, None if math.isinf(self.lo) else self.lo, None if math.isinf(self.hi) else self.hi)
+
+    def extra_repr(self) -> str:
+        return f"lo={self.lo:g}, hi={self.hi:g}, exact={self.exact}, leak={self.leak:g}"
+
+
+def _exact_kind(node: fx.Node, module: nn.Module | None) -> str:
+    if module is not None:
+        return "relu" if isinstance(module, nn.ReLU) else "hardtanh"
+    if node.target in (F.relu, torch.relu):
+        return "relu"
+    return "clamp" if node.target is torch.clamp else "hardtanh"
+
+
+def leak_clipping_gradients(gm: fx.GraphModule, leak: float = 0.0) -> int:
+    """Replace, in place, every clipping activation of ``gm`` (``F.relu``, ``torch.relu``,
+    ``F.relu6``, ``F.hardtanh`` calls, ``torch.clamp`` with constant bounds (ONNX's Clip),
+    ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by a :class:`LeakyClip` submodule with
+    ``leak`` (0 ≤ leak < 1; 0: the exact operation until :func:`set_gradient_leak` changes it).
+    Returns how many it replaced; ``gm`` is recompiled. Values never change; only gradients do."""
+    leak = _check_leak(leak)
     count = 0
     for node in list(gm.graph.nodes):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
         if node.op == "call_function":
             bounds = _bounds_of_function(node)
-        elif node.op == "call_module":
-            bounds = _bounds_of_module(gm.get_submodule(node.target))
         else:
-            bounds = None
+            bounds = _bounds_of_module(module) if module is not None else None
         if bounds is None:
             continue
+        name = f"leaky_clip_{count}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.add_submodule(name, LeakyClip(*bounds, _exact_kind(node, module), leak))
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_function(leaky_clip, (node.args[0], bounds[0], bounds[1], leak))
+            new = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         count += 1
     gm.graph.lint()
     gm.recompile()
     return count
+
+
+def set_gradient_leak(module: nn.Module, leak: float) -> int:
+    """Set the leak of every :class:`LeakyClip` inside ``module`` (0 ≤ leak < 1; 0: exact
+    gradients). Returns how many there are."""
+    leak = _check_leak(leak)
+    clips = [m for m in module.modules() if isinstance(m, LeakyClip)]
+    for m in clips:
+        m.leak = leak
+    return len(clips)

@@ -20,6 +20,8 @@ class attributes or in ``__init__``:
 ``schedule``                default optimisation schedule (a name of :data:`preimage.paper.SCHEDULES`)
 ``lr``                      default base learning rate of the paper's momentum descent
 ``param``                   default parameterisation of the image (``"pixel"``; CNN layers ``"fourier"``)
+``grad_leak``               gradient leak of the clipping activations for preimage's own recipes
+``leaking_gradients(l)``    context in which the backward leaks ``l`` (see ``grad_leak``)
 ``render_code(code)``       a picture of one code (HOG: its glyph), or ``None``
 ``receptive_field_box(n)``  input box seen by the central ``n×n`` code units, or ``None``
 ``check_input(x)``          raises ``ValueError`` for a batch the representation cannot take
@@ -31,7 +33,8 @@ A plain ``nn.Module`` that is not a :class:`Representation` is still invertible:
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -70,6 +73,11 @@ class Representation(nn.Module):
     #: Default base learning rate (σ-units per unit gradient of the normalised objective), tuned
     #: on the train images at λ_V = 5 (benchmarks/tune_lr.py).
     lr: float = 1e-3
+    #: Leak ℓ (0 ≤ ℓ < 1) of the surrogate gradient through the representation's clipping
+    #: activations that :func:`~preimage.invert.invert` uses, except for ``method="paper"``
+    #: (always the exact gradient): inside :meth:`leaking_gradients`, a unit that clips passes ℓ
+    #: of its gradient instead of none. The code itself never changes. 0: the exact gradient.
+    grad_leak: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -105,6 +113,15 @@ class Representation(nn.Module):
         its receptive-field stride), or ``None`` when unknown (the default). Sets the jitter of
         ``invert(..., jitter="auto")`` (:func:`preimage.transforms.jitter_for_stride`)."""
         return None
+
+    @contextmanager
+    def leaking_gradients(self, leak: float) -> Iterator[None]:
+        """Within the block, gradients leak ``leak`` (0 ≤ leak < 1) through the clipping
+        activations (:mod:`preimage.models.surrogate`); the values are exact. A representation
+        without a surrogate (the default) accepts only 0."""
+        if float(leak) != 0.0:
+            raise ValueError(f"{type(self).__name__} has no leaky gradient (grad_leak must be 0, got {leak})")
+        yield
 
     def extra_repr(self) -> str:
         return f"input_channels={tuple(self.input_channels)}"
