@@ -174,6 +174,10 @@ class ProgressProbe(Representation):
         """The inner representation's box."""
         return self.inner.receptive_field_box(window)
 
+    def leaking_gradients(self, leak: float):
+        """The inner representation's leaky gradient."""
+        return self.inner.leaking_gradients(leak)
+
     def code_stride(self):
         """The inner representation's stride."""
         return self.inner.code_stride()
