@@ -46,6 +46,11 @@ from .params import get_parameterisation, parameterisation_class
 from .transforms import Jitter, decay, jitter_for_stride
 from .representations.base import Representation, as_representation
 
+#: Version of preimage's own recipes (what :func:`invert` fills in for every method but the paper's).
+#: Stored results of such inversions carry it in their key, so a changed default is never answered
+#: by an old result. 2: the representation's leaky gradient and ``recipe_schedule``.
+RECIPE_VERSION = 2
+
 #: The λ_V the representations' default rates were tuned at (Table 1's); above it the default
 #: rate is scaled down (:func:`default_learning_rates`).
 TV_STABLE_LAMBDA = LAMBDA_TV
@@ -142,11 +147,13 @@ def resolve_method(rep: Representation, param: str, method: str | None, lr: floa
 
 
 def resolve_schedule(rep: Representation, param: str, schedule, iterations: int | None):
-    """The stages of an inversion: ``schedule`` as given, else the parameterisation's
-    ``recommended_schedule``, else the representation's (:func:`preimage.optim.make_schedule`,
-    rescaled to ``iterations``)."""
+    """The stages of an inversion: ``schedule`` as given; else, for a parameterisation that
+    recommends a schedule (Fourier, DIP), the representation's ``recipe_schedule`` or that
+    recommended one; else (pixels) the representation's ``schedule``
+    (:func:`preimage.optim.make_schedule`, rescaled to ``iterations``)."""
     if schedule is None:
-        schedule = parameterisation_class(param).recommended_schedule or rep.schedule
+        recommended = parameterisation_class(param).recommended_schedule
+        schedule = (rep.recipe_schedule or recommended) if recommended is not None else rep.schedule
     return make_schedule(schedule, iterations)
 
 

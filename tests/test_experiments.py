@@ -362,3 +362,13 @@ def test_a_caricature_unit_at_the_networks_own_size(shared):
     assert len(out["pngs"]) == 2 and all(im.shape[:2] == (224, 224) for im in out["pngs"].values())
     assert out["tensors"]["images"]["images"].shape == (1, 3, 224, 224)
     assert out["metrics"]["scores"][0] > 0
+
+
+def test_a_stored_inversion_of_preimages_own_recipe_is_keyed_by_the_recipe_version():
+    from preimage.experiments.base import Unit, invert_params
+    from preimage.invert import RECIPE_VERSION
+    common = dict(mode="rgb", preprocess="squash", size=[224, 224], lambdas=[5.0], iterations=None)
+    paper = invert_params("t", {"kind": "cnn"}, ["a.jpg"], options={"method": "paper"}, **common)
+    own = invert_params("t", {"kind": "cnn"}, ["a.jpg"], options={"param": "fourier"}, **common)
+    assert "recipe" not in paper and own["recipe"] == RECIPE_VERSION
+    assert Unit(dict(own)).key != Unit({**own, "recipe": RECIPE_VERSION - 1}).key

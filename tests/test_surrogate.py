@@ -8,9 +8,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from preimage.invert import invert
+from preimage.invert import invert, resolve_schedule
+from preimage.paper import CNN_SCHEDULE
+from preimage.params.base import CONSTANT_SCHEDULE
 from preimage.models.surrogate import LeakyClip, leak_clipping_gradients, leaky_clip, set_gradient_leak
-from preimage.representations.cnn import DEFAULT_GRAD_LEAK, CNNLayer
+from preimage.representations.cnn import DEEP_CLIPPED_DEPTH, DEEP_CLIPPED_SCHEDULE, DEFAULT_GRAD_LEAK, CNNLayer
 
 
 @pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0), (-math.inf, 2.0)])
@@ -139,3 +141,21 @@ def test_invert_leaks_in_its_own_recipes_and_never_in_the_papers():
     res = invert(layer, x, iterations=2, method="paper", progress=False)
     assert res.settings["grad_leak"] == 0.0 and all(s == {0.0} for s in seen)
     assert {c.leak for c in layer.modules() if isinstance(c, LeakyClip)} == {0.0}
+
+
+def test_a_deep_clipped_code_declares_the_long_recipe_schedule_and_invert_takes_it():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU())
+    deep, shallow = CNNLayer(net, "3", input_size=(16, 16)), CNNLayer(net, "1", input_size=(16, 16))
+    linear = CNNLayer(net, "2", input_size=(16, 16))
+    assert deep.relative_depth >= DEEP_CLIPPED_DEPTH and deep.recipe_schedule == DEEP_CLIPPED_SCHEDULE
+    assert shallow.recipe_schedule is None and linear.recipe_schedule is None  # shallow; not clipped
+    x = torch.rand(1, 3, 16, 16) * 255
+    stages = [list(s) for s in DEEP_CLIPPED_SCHEDULE]
+    assert invert(deep, x, iterations=20, progress=False).settings["schedule"] == [[14, 1.0], [4, 0.3], [2, 0.1]]
+    assert invert(deep, x, iterations=None, schedule=[(3, 1.0)], progress=False).settings["schedule"] == [[3, 1.0]]
+    assert resolve_schedule(deep, "fourier", None, None) == tuple(map(tuple, stages))
+    assert resolve_schedule(deep, "dip", None, None) == tuple(map(tuple, stages))
+    assert resolve_schedule(deep, "pixel", None, None) == CNN_SCHEDULE  # pixels and the paper: theirs
+    assert resolve_schedule(linear, "fourier", None, None) == CONSTANT_SCHEDULE
+    hooked = CNNLayer(_Untraceable(), "act", input_size=(8, 8))
+    assert hooked.relative_depth >= DEEP_CLIPPED_DEPTH and hooked.recipe_schedule == DEEP_CLIPPED_SCHEDULE

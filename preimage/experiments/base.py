@@ -32,6 +32,7 @@ from ..data import spread
 from ..errors import PreimageError
 from ..io.cache import stable_key
 from ..paper import lambda_tv_for_depth
+from ..invert import RECIPE_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     from .report import Collected, Section
@@ -390,7 +391,8 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
     ``box``: store reconstructions with the receptive field of the window drawn. ``options``: more
     :func:`preimage.invert.invert` keyword arguments (JSON values: ``param``, ``param_options``,
     ``method``, ``jitter``, ``schedule``, ``lambda_tv``/``lambda_alpha`` overrides …), part of the key;
-    none (or ``{"method": "paper"}`` alone, stored as none) is the paper's method.
+    none (or ``{"method": "paper"}`` alone, stored as none) is the paper's method; any other
+    options carry :data:`preimage.invert.RECIPE_VERSION` in the key.
     """
     if options == {"method": "paper"}:
         options = None
@@ -401,7 +403,7 @@ def invert_params(experiment: str, rep: dict, images: Sequence[str], *, mode: st
             "lambda_scaling": lambda_scaling, "beta": float(beta), "alpha": 6.0, "restarts": int(restarts),
             "seed": int(seed), "iterations": iterations, "lr": lr, "window": window, "channels": channels,
             "save": save, "code_picture": bool(code_picture), "box": bool(box),
-            **({"options": dict(options)} if options else {})}
+            **({"options": dict(options), "recipe": RECIPE_VERSION} if options else {})}
 
 
 def codes_params(experiment: str, rep: dict, images: Sequence[str], batches: Sequence[Sequence[str]], *,

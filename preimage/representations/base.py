@@ -20,6 +20,7 @@ class attributes or in ``__init__``:
 ``schedule``                default optimisation schedule (a name of :data:`preimage.paper.SCHEDULES`)
 ``lr``                      default base learning rate of the paper's momentum descent
 ``param``                   default parameterisation of the image (``"pixel"``; CNN layers ``"fourier"``)
+``recipe_schedule``         stages of preimage's own recipes for that image, when the code needs other ones
 ``grad_leak``               gradient leak of the clipping activations for preimage's own recipes
 ``leaking_gradients(l)``    context in which the backward leaks ``l`` (see ``grad_leak``)
 ``render_code(code)``       a picture of one code (HOG: its glyph), or ``None``
@@ -70,6 +71,12 @@ class Representation(nn.Module):
     #: :data:`preimage.params.PARAMETERISATIONS`): the paper's ``"pixel"``; CNN layers
     #: ``"fourier"`` (lower code error than the paper's at equal time, on train/).
     param: str = "pixel"
+    #: Stages ``((iterations, rate factor), …)`` that preimage's own recipes on a re-parameterised
+    #: image (Fourier, DIP) use instead of the parameterisation's ``recommended_schedule``, for a
+    #: code that needs longer (a deep CNN layer whose code is clipped, see
+    #: :attr:`preimage.representations.cnn.CNNLayer.recipe_schedule`); ``None``: the
+    #: parameterisation's. The paper's method and pixels keep ``schedule``.
+    recipe_schedule: Sequence[tuple[int, float]] | None = None
     #: Default base learning rate (σ-units per unit gradient of the normalised objective), tuned
     #: on the train images at λ_V = 5 (benchmarks/tune_lr.py).
     lr: float = 1e-3

@@ -31,11 +31,12 @@ from ..errors import UnknownNameError
 from ..models.fx import TracedModel, model_input_size, trace_model
 from ..models.receptive_field import ReceptiveField, center_window, units_box
 from ..models.graph_module import truncate_graph_module
-from ..models.surrogate import leak_clipping_gradients, set_gradient_leak
+from ..models.surrogate import LeakyClip, leak_clipping_gradients, set_gradient_leak
 from ..paper import lambda_tv_for_depth
 from .base import Representation
 
-__all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES", "PLAIN_EXECUTION", "DEFAULT_GRAD_LEAK"]
+__all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES", "PLAIN_EXECUTION", "DEFAULT_GRAD_LEAK",
+           "DEEP_CLIPPED_DEPTH", "DEEP_CLIPPED_SCHEDULE"]
 
 #: The gradient leak of a traced layer's clipping activations that preimage's own recipes use
 #: (``CNNLayer.grad_leak``; the paper's method uses the exact gradient). Chosen on 8 train/ images
@@ -43,6 +44,14 @@ __all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES", "PLAIN_EXE
 #: conv1 (conv_last 32.6 → 25.6 %; ℓ = 0.02 and 0.1 were worse, 0.3 diverged), see
 #: :mod:`preimage.models.surrogate`.
 DEFAULT_GRAD_LEAK = 0.05
+
+#: A layer whose code is the output of a clipping activation (ReLU, ReLU6, …) at this relative depth
+#: or deeper gets :data:`DEEP_CLIPPED_SCHEDULE` for preimage's own recipes (``recipe_schedule``):
+#: its code, mostly units at the bound, is still far from matched after the default 400 iterations.
+DEEP_CLIPPED_DEPTH = 0.9
+#: 2000 iterations, the rate ×0.3 and ×0.1 over the last 600. Chosen on 8 train/ images at MobileNet
+#: v2's ``conv_last`` (normalised error, with the leak): 400 constant 25.6 %, this 14.4 %.
+DEEP_CLIPPED_SCHEDULE: tuple[tuple[int, float], ...] = ((1400, 1.0), (400, 0.3), (200, 0.1))
 
 #: On CPU a traced layer runs its batch in chunks whose largest activation is at most this many
 #: bytes, so that consecutive operations find their input in the cache (benchmarks/bench_execution.py
@@ -209,7 +218,9 @@ class CNNLayer(Representation):
     lowers MobileNet v2's ``conv_last`` inversion error from 32.6 % to 25.6 % at 400 iterations).
 
     Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
-    scale and sigmoid range, calibrated on train/); ``invert(..., method="paper")`` takes the
+    scale and sigmoid range, calibrated on train/); a layer whose code is a clipping activation's
+    output at relative depth ≥ :data:`DEEP_CLIPPED_DEPTH` declares ``recipe_schedule =``
+    :data:`DEEP_CLIPPED_SCHEDULE` (2000 iterations) for it, else ``None``; ``invert(..., method="paper")`` takes the
     paper's pixels, CNN schedule (``schedule = "cnn"``, 400 iterations) and momentum at
     ``lr = 1e-2``.
     """
@@ -260,6 +271,7 @@ class CNNLayer(Representation):
             self._field_input_size = traced.input_size  # (H, W) the field and output_shape are for
             self.info = infos.get(node) or self._unlisted_info(traced, node, traced.layer_name.get(node, self.layer))
             self._peak = self._peak_activation(traced)
+            clipped = self._clipped_output()
         else:
             self.traced = False
             self.grad_leak = 0.0
@@ -286,12 +298,21 @@ class CNNLayer(Representation):
                     shape = tuple(self(torch.full((1, 3, *self.input_size), 128.0,
                                                   device=device or torch.device("cpu"))).shape[1:])
                 self.output_shape = shape
+            clipped = isinstance(modules[self.layer], (nn.ReLU, nn.Hardtanh))
             self.info = LayerInfo(self.layer, type(modules[self.layer]).__name__, shape,
                                   int(shape[0]) if shape else 0, None, None, None, k, k / max(len(leaves), 1))
         self.relative_depth = self.info.depth if self.info is not None else 1.0
         self.lambda_tv = lambda_tv_for_depth(self.relative_depth)
+        self.recipe_schedule = (DEEP_CLIPPED_SCHEDULE if clipped and self.relative_depth >= DEEP_CLIPPED_DEPTH
+                                else None)
         if device is not None:
             self.to(device)
+
+    def _clipped_output(self) -> bool:
+        """Whether the traced layer's code is the output of a clipping activation."""
+        out = next(n for n in self.net.graph.nodes if n.op == "output").args[0]
+        return (isinstance(out, fx.Node) and out.op == "call_module"
+                and isinstance(self.net.get_submodule(out.target), LeakyClip))
 
     @staticmethod
     def _unlisted_info(t: TracedModel, node: fx.Node, name: str) -> LayerInfo:
