@@ -47,7 +47,8 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
                                         "(default: the paper's, scaled to the image size)")
     sp.add_argument("--lambda-alpha", help="α-norm weight(s) (default: the paper's 2.16e8, scaled)")
     sp.add_argument("--beta", type=float, default=2.0, help="TV exponent β (default 2; 1 = classic TV)")
-    sp.add_argument("--iters", type=int, help="iterations (default: 800 shallow, 400 CNN)")
+    sp.add_argument("--iters", type=int, help="iterations (default: 800 shallow, 400 CNN, 2000 for a deep layer whose code "
+                                              "is clipped, e.g. conv_last; the stages are rescaled to N)")
     sp.add_argument("--lr", type=float, help="base learning rate (default: per representation)")
     sp.add_argument("--optimizer", choices=["momentum", "adam", "lbfgs"],
                     help="default: the parameterisation's (pixel: the paper's momentum; fourier, dip: Adam)")
