@@ -140,7 +140,9 @@ def _row(rows: list[dict], what: dict) -> dict:
     """A table row: ``what`` plus seconds per image and both conventions, from the codes row and
     the units' rows (:func:`.experiments.scoring.score_rows`)."""
     scored = scoring.score_rows(rows[1:], rows[0])
-    return {**what, "seconds_per_image": scoring.seconds_per_image(rows[1:]),
+    iterations = sorted({int(r["metrics"]["iterations"]) for r in rows[1:] if r["metrics"].get("iterations")})
+    return {**what, "iterations": iterations[0] if len(iterations) == 1 else iterations,
+            "seconds_per_image": scoring.seconds_per_image(rows[1:]),
             "paper": scored["paper"], "authors": scored["authors"], "image": scoring.image_scores(rows[1:])}
 
 
@@ -251,9 +253,10 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
     interrupted evaluation resumes; ``options`` as for :func:`evaluate_shallow`. ``model_options``:
     how the network loads, :func:`preimage.models.get_model`'s ``preprocess``, ``weights``,
     ``input_size``, ``model_dir`` (the CLI's model options), part of every unit's key. Returns
-    ``{"model", "images", "iterations", "options", "model_settings" (the loaded network's input size,
-    mean pixel and preprocessing, :func:`preimage.models.model_settings`), ["model_options",] "rows":
-    {layer: {"layer", "lambda_tv", "relative_depth", "seconds_per_image", "paper", "authors"}}}``.
+    ``{"model", "images", "iterations" (as given; None: each layer's default), "options",
+    "model_settings" (the loaded network's input size, mean pixel and preprocessing,
+    :func:`preimage.models.model_settings`), ["model_options",] "rows": {layer: {"layer",
+    "lambda_tv", "relative_depth", "iterations" (run), "seconds_per_image", "paper", "authors"}}}``.
     """
     from .models import model_settings
     from .models.fx import model_input_size
@@ -281,22 +284,26 @@ def evaluate_cnn_layers(model_name: str, *, layers: Sequence[str] | None = None,
                                                 model_options=model_opts), bar)
             rows[name] = _row(unit_rows, {"layer": name, "lambda_tv": lam, "relative_depth": rep.relative_depth})
     bar.close()
-    return {"model": model_name, "images": len(images), "iterations": iterations or 400,
+    return {"model": model_name, "images": len(images), "iterations": iterations,
             "options": dict(options or {}), "model_settings": model_settings(model),
             **({"model_options": model_opts} if model_opts else {}), "rows": rows}
 
 
 def format_cnn_table(result: dict) -> str:
     """Markdown table of :func:`evaluate_cnn_layers` results, one row per layer."""
-    lines = [f"{result['model']} — {result['images']} images, {result['iterations']} iterations, "
+    its = result["iterations"]
+    lines = [f"{result['model']} — {result['images']} images, "
+             + (f"{its} iterations" if its else "each layer's default iterations (column)") + ", "
              "λ_V by relative depth (the paper's 0.5 / 5 / 50, times the parameterisation's prior scale)"
              + _options_text(result)
              + (f"; model loaded with {options_text(result['model_options'])}" if result.get("model_options") else ""),
              "",
-             "| layer | depth | λ_V | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| layer | depth | λ_V | iterations | error % (paper) | error % (authors', squared) | SSIM | orient. ∩ "
+             "| s / image |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         p, a = row["paper"], row["authors"]
-        lines.append(f"| {name} | {row['relative_depth']:.2f} | {row['lambda_tv']:g} | {p['mean']:.1f} ± {p['std']:.1f} "
+        lines.append(f"| {name} | {row['relative_depth']:.2f} | {row['lambda_tv']:g} | {row.get('iterations', its)} "
+                     f"| {p['mean']:.1f} ± {p['std']:.1f} "
                      f"| {a['mean']:.1f} ± {a['std']:.1f} | {_similarity(row)} | {row['seconds_per_image']:.1f} |")
     return "\n".join(lines)

@@ -82,8 +82,9 @@ def test_cnn_layer_table_on_a_synthetic_set(tmp_path):
     assert default["rows"]["conv1"]["paper"]["per_image"] != row["paper"]["per_image"]
     assert 0 < row["relative_depth"] < 0.1
     assert len(row["paper"]["per_image"]) == 2
+    assert row["iterations"] == 3 and result["iterations"] == 3
     table = format_cnn_table(result)
-    assert "| conv1 |" in table and "| relu1 |" in table
+    assert "| conv1 |" in table and "| relu1 |" in table and "3 iterations" in table
 
 
 def test_evaluate_cli_writes_the_table_and_json(shared, tmp_path, capsys):
