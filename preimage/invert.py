@@ -160,15 +160,12 @@ def resolve_schedule(rep: Representation, param: str, schedule, iterations: int 
 def resolve_grad_leak(rep: Representation, method: str | None, grad_leak: float | None) -> float:
     """The gradient leak of an inversion: ``grad_leak`` as given, else the representation's
     declared ``grad_leak``; always 0 (the exact gradient) for ``method="paper"``, which refuses
-    another."""
+    another. (The representation's ``leaking_gradients`` checks the value.)"""
     if method == "paper":
         if grad_leak:
             raise ValueError("method='paper' is the paper's own method, with the exact gradient: drop grad_leak")
         return 0.0
-    leak = float(rep.grad_leak if grad_leak is None else grad_leak)
-    if not 0.0 <= leak < 1.0:
-        raise ValueError(f"the gradient leak must be in [0, 1), got {leak}")
-    return leak
+    return float(rep.grad_leak if grad_leak is None else grad_leak)
 
 
 def resolve_jitter(rep: Representation, jitter: int | str | None) -> int:

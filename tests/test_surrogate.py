@@ -159,3 +159,13 @@ def test_a_deep_clipped_code_declares_the_long_recipe_schedule_and_invert_takes_
     assert resolve_schedule(linear, "fourier", None, None) == CONSTANT_SCHEDULE
     hooked = CNNLayer(_Untraceable(), "act", input_size=(8, 8))
     assert hooked.relative_depth >= DEEP_CLIPPED_DEPTH and hooked.recipe_schedule == DEEP_CLIPPED_SCHEDULE
+
+
+def test_invert_refuses_a_bad_leak_before_optimising():
+    layer = CNNLayer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "1", input_size=(8, 8))
+    x = torch.rand(1, 3, 8, 8) * 255
+    for bad in (1.0, -0.5):
+        with pytest.raises(ValueError, match="leak must be in"):
+            invert(layer, x, iterations=1, grad_leak=bad, progress=False)
+    with pytest.raises(ValueError, match="exact gradient"):
+        invert(layer, x, iterations=1, grad_leak=0.05, method="paper", progress=False)

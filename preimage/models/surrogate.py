@@ -40,7 +40,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["leaky_clip", "LeakyClip", "leak_clipping_gradients", "set_gradient_leak"]
+__all__ = ["leaky_clip", "LeakyClip", "leak_clipping_gradients", "set_gradient_leak", "check_leak", "is_clipping"]
 
 
 class _LeakyClip(torch.autograd.Function):
@@ -99,7 +99,13 @@ def _bounds_of_module(module: nn.Module) -> tuple[float, float] | None:
     return None
 
 
-def _check_leak(leak: float) -> float:
+def is_clipping(module: nn.Module) -> bool:
+    """Whether ``module`` is a clipping activation (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh``)."""
+    return _bounds_of_module(module) is not None
+
+
+def check_leak(leak: float) -> float:
+    """``leak`` as a float; ``ValueError`` unless 0 ≤ leak < 1."""
     leak = float(leak)
     if not 0.0 <= leak < 1.0:
         raise ValueError(f"the gradient leak must be in [0, 1), got {leak}")
@@ -121,7 +127,7 @@ class LeakyClip(nn.Module):
         if exact not in ("relu", "hardtanh", "clamp"):
             raise ValueError(f"exact must be relu, hardtanh or clamp, got {exact!r}")
         self.lo, self.hi, self.exact = float(lo), float(hi), exact
-        self.leak = _check_leak(leak)
+        self.leak = check_leak(leak)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.leak:
@@ -150,7 +156,7 @@ def leak_clipping_gradients(gm: fx.GraphModule, leak: float = 0.0) -> int:
     ``nn.ReLU``/``nn.ReLU6``/``nn.Hardtanh`` modules) by a :class:`LeakyClip` submodule with
     ``leak`` (0 ≤ leak < 1; 0: the exact operation until :func:`set_gradient_leak` changes it).
     Returns how many it replaced; ``gm`` is recompiled. Values never change; only gradients do."""
-    leak = _check_leak(leak)
+    leak = check_leak(leak)
     count = 0
     for node in list(gm.graph.nodes):
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -177,7 +183,7 @@ def leak_clipping_gradients(gm: fx.GraphModule, leak: float = 0.0) -> int:
 def set_gradient_leak(module: nn.Module, leak: float) -> int:
     """Set the leak of every :class:`LeakyClip` inside ``module`` (0 ≤ leak < 1; 0: exact
     gradients). Returns how many there are."""
-    leak = _check_leak(leak)
+    leak = check_leak(leak)
     clips = [m for m in module.modules() if isinstance(m, LeakyClip)]
     for m in clips:
         m.leak = leak

@@ -31,7 +31,7 @@ from ..errors import UnknownNameError
 from ..models.fx import TracedModel, model_input_size, trace_model
 from ..models.receptive_field import ReceptiveField, center_window, units_box
 from ..models.graph_module import truncate_graph_module
-from ..models.surrogate import LeakyClip, leak_clipping_gradients, set_gradient_leak
+from ..models.surrogate import LeakyClip, check_leak, is_clipping, leak_clipping_gradients, set_gradient_leak
 from ..paper import lambda_tv_for_depth
 from .base import Representation
 
@@ -239,8 +239,8 @@ class CNNLayer(Representation):
                  mean_pixel: float | Sequence[float] | None = None, channels_last: bool = True,
                  chunk_bytes: int | None = CPU_CHUNK_BYTES, grad_leak: float | None = None):
         super().__init__()
-        if grad_leak is not None and not 0.0 <= float(grad_leak) < 1.0:
-            raise ValueError(f"the gradient leak must be in [0, 1), got {grad_leak}")
+        if grad_leak is not None:
+            check_leak(grad_leak)
         self.channels_last = bool(channels_last)
         self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
         self._peak: tuple[int, tuple[int, int]] | None = None  # largest activation per image, for (H, W)
@@ -303,7 +303,7 @@ class CNNLayer(Representation):
                     shape = tuple(self(torch.full((1, 3, *self.input_size), 128.0,
                                                   device=device or torch.device("cpu"))).shape[1:])
                 self.output_shape = shape
-            clipped = isinstance(modules[self.layer], (nn.ReLU, nn.Hardtanh))
+            clipped = is_clipping(modules[self.layer])
             self.info = LayerInfo(self.layer, type(modules[self.layer]).__name__, shape,
                                   int(shape[0]) if shape else 0, None, None, None, k, k / max(len(leaves), 1))
         self.relative_depth = self.info.depth if self.info is not None else 1.0
