@@ -219,8 +219,7 @@ def _cnn_target(args) -> Target:
     img, name = load_input(args.image, "rgb", None)
     if rep.input_size:
         img = resize(img, tuple(rep.input_size))
-    info = {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)}
-    return Target(rep, img, name, info)
+    return Target(rep, img, name, {"model": args.model, "layer": args.layer, "model_settings": model_settings(net)})
 
 
 def build_target(args) -> Target:

@@ -72,36 +72,38 @@ def leaky_clip(x: torch.Tensor, lo: float, hi: float, leak: float) -> torch.Tens
     return _LeakyClip.apply(x, float(lo), float(hi), float(leak))
 
 
-def _bounds_of_function(node: fx.Node) -> tuple[float, float] | None:
+def _clip_of_function(node: fx.Node) -> tuple[float, float, str] | None:
+    """``(lo, hi, exact)`` of a clipping call (``exact`` as :class:`LeakyClip` names it), else None."""
     t = node.target
     if t in (F.relu, torch.relu):
-        return 0.0, math.inf
+        return 0.0, math.inf, "relu"
     if t is F.relu6:
-        return 0.0, 6.0
+        return 0.0, 6.0, "hardtanh"
     args = list(node.args[1:3]) + [None] * 2
     if t is F.hardtanh:
         lo = node.kwargs.get("min_val", args[0] if args[0] is not None else -1.0)
         hi = node.kwargs.get("max_val", args[1] if args[1] is not None else 1.0)
-        return float(lo), float(hi)
+        return float(lo), float(hi), "hardtanh"
     if t is torch.clamp:  # ONNX's Clip: constant bounds only (a bound computed in the graph is kept)
         lo, hi = node.kwargs.get("min", args[0]), node.kwargs.get("max", args[1])
         if isinstance(lo, fx.Node) or isinstance(hi, fx.Node) or (lo is None and hi is None):
             return None
-        return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
+        return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi), "clamp"
     return None
 
 
-def _bounds_of_module(module: nn.Module) -> tuple[float, float] | None:
+def _clip_of_module(module: nn.Module) -> tuple[float, float, str] | None:
+    """``(lo, hi, exact)`` of a clipping module, else None."""
     if isinstance(module, nn.ReLU):
-        return 0.0, math.inf
+        return 0.0, math.inf, "relu"
     if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
-        return float(module.min_val), float(module.max_val)
+        return float(module.min_val), float(module.max_val), "hardtanh"
     return None
 
 
 def is_clipping(module: nn.Module) -> bool:
     """Whether ``module`` is a clipping activation (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh``)."""
-    return _bounds_of_module(module) is not None
+    return _clip_of_module(module) is not None
 
 
 def check_leak(leak: float) -> float:
@@ -142,14 +144,6 @@ class LeakyClip(nn.Module):
         return f"lo={self.lo:g}, hi={self.hi:g}, exact={self.exact}, leak={self.leak:g}"
 
 
-def _exact_kind(node: fx.Node, module: nn.Module | None) -> str:
-    if module is not None:
-        return "relu" if isinstance(module, nn.ReLU) else "hardtanh"
-    if node.target in (F.relu, torch.relu):
-        return "relu"
-    return "clamp" if node.target is torch.clamp else "hardtanh"
-
-
 def leak_clipping_gradients(gm: fx.GraphModule, leak: float = 0.0) -> int:
     """Replace, in place, every clipping activation of ``gm`` (``F.relu``, ``torch.relu``,
     ``F.relu6``, ``F.hardtanh`` calls, ``torch.clamp`` with constant bounds (ONNX's Clip),
@@ -159,17 +153,16 @@ def leak_clipping_gradients(gm: fx.GraphModule, leak: float = 0.0) -> int:
     leak = check_leak(leak)
     count = 0
     for node in list(gm.graph.nodes):
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
         if node.op == "call_function":
-            bounds = _bounds_of_function(node)
+            clip = _clip_of_function(node)
         else:
-            bounds = _bounds_of_module(module) if module is not None else None
-        if bounds is None:
+            clip = _clip_of_module(gm.get_submodule(node.target)) if node.op == "call_module" else None
+        if clip is None:
             continue
         name = f"leaky_clip_{count}"
         while hasattr(gm, name):
             name += "_"
-        gm.add_submodule(name, LeakyClip(*bounds, _exact_kind(node, module), leak))
+        gm.add_submodule(name, LeakyClip(*clip, leak))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)

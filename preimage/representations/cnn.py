@@ -225,9 +225,9 @@ class CNNLayer(Representation):
     Inverted by default through a Fourier image (``param = "fourier"``: its Adam, schedule, prior
     scale and sigmoid range, calibrated on train/); a layer whose code is a clipping activation's
     output at relative depth ≥ :data:`DEEP_CLIPPED_DEPTH` declares ``recipe_schedule =``
-    :data:`DEEP_CLIPPED_SCHEDULE` (2000 iterations) for it, else ``None``; ``invert(..., method="paper")`` takes the
-    paper's pixels, CNN schedule (``schedule = "cnn"``, 400 iterations) and momentum at
-    ``lr = 1e-2``.
+    :data:`DEEP_CLIPPED_SCHEDULE` (2000 iterations) for it, else ``None``;
+    ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
+    400 iterations) and momentum at ``lr = 1e-2``.
     """
 
     input_channels = (3,)
