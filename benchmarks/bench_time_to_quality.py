@@ -17,12 +17,14 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
   chunked execution (``CNNLayer(..., **PLAIN_EXECUTION)``): the issue's
   "today's default", whose images per second the last table compares every method's with;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
-  layers a Fourier image with Adam, :class:`~preimage.params.FourierParam`'s ``recommended_*``,
-  differentiated through the layer's leaky surrogate gradient, ``CNNLayer.grad_leak``);
+  layers a Fourier image (:class:`~preimage.params.FourierParam`'s ``recommended_*``) with the
+  layer's ``recipe_optimiser``, per-sample L-BFGS, differentiated through the layer's leaky
+  surrogate gradient, ``CNNLayer.grad_leak``);
 * ``exact`` (CNN layers only): the default with the exact gradient (``grad_leak=0``), the default
   before the leak;
 * ``momentum``, ``adam``, ``lbfgs``: ``invert(rep, x, method=...)``, the default's parameterisation
-  with another optimiser (the one that is the default's own is skipped);
+  with another optimiser (the one that is the default's own is skipped); on CNN layers ``adam`` is
+  the default before L-BFGS (the Fourier image's own optimiser);
 * ``early``: the default with per-sample early stopping, ``invert(rep, x, tol=--tol, window=--window)``;
 * ``cnnvis``, ``cnnvis-best`` (CNN layers only): the pytorch-cnn-visualizations algorithm
   (:mod:`preimage.baselines.cnn_visualizations`) at its published rate, and at the best of
@@ -287,7 +289,8 @@ def counting_passes(rep: torch.nn.Module):
 def methods_for(case: Case, wanted: list[str]) -> list[str]:
     """The methods of ``wanted`` that apply to ``case`` (cnnvis on CNN layers only; the optimiser
     that is the default's own is the ``default`` row)."""
-    own = parameterisation_class(case.rep.param).recommended_optimiser
+    param = case.rep.param
+    own = case.rep.recipe_optimiser.get(param, (parameterisation_class(param).recommended_optimiser,))[0]
     return [m for m in wanted if m != own and (case.cnn or m not in CNN_ONLY)]
 
 

@@ -48,8 +48,9 @@ from .representations.base import Representation, as_representation
 
 #: Version of preimage's own recipes (what :func:`invert` fills in for every method but the paper's).
 #: Stored results of such inversions carry it in their key, so a changed default is never answered
-#: by an old result. 2: the representation's leaky gradient and ``recipe_schedule``.
-RECIPE_VERSION = 2
+#: by an old result. 2: the representation's leaky gradient and ``recipe_schedule``; 3: its
+#: ``recipe_optimiser`` (L-BFGS on a CNN layer's Fourier image).
+RECIPE_VERSION = 3
 
 #: The λ_V the representations' default rates were tuned at (Table 1's); above it the default
 #: rate is scaled down (:func:`default_learning_rates`).
@@ -132,12 +133,16 @@ def recipe_prior_scale(default_param: str, options: dict | None) -> float:
 
 
 def resolve_method(rep: Representation, param: str, method: str | None, lr: float | None,
-                   tvs: Sequence[float], beta: float) -> tuple[str, list[float]]:
-    """The optimiser and the K rates of an inversion: ``method`` (default: the
-    parameterisation's ``recommended_optimiser``) and ``lr`` for every setting, else the
-    parameterisation's ``recommended_lr``, else the representation's ``lr`` scaled by
-    :func:`default_learning_rates` (the paper's pixels)."""
+                   tvs: Sequence[float], beta: float, jitter: int = 1) -> tuple[str, list[float]]:
+    """The optimiser and the K rates of an inversion: ``method`` (default: the representation's
+    ``recipe_optimiser`` for ``param`` when there is no jitter (``jitter`` J = 1), else the
+    parameterisation's ``recommended_optimiser``) and ``lr`` for every setting, else the rate
+    of that recipe, else the parameterisation's ``recommended_lr``, else the representation's
+    ``lr`` scaled by :func:`default_learning_rates` (the paper's pixels)."""
     cls = parameterisation_class(param)
+    recipe = rep.recipe_optimiser.get(param) if method is None and jitter <= 1 else None
+    if recipe is not None:
+        return recipe[0], [float(recipe[1] if lr is None else lr)] * len(tvs)
     method = method or cls.recommended_optimiser
     if lr is not None:
         return method, [float(lr)] * len(tvs)
@@ -446,14 +451,15 @@ def invert(representation: torch.nn.Module, images: torch.Tensor | None = None, 
     param, method = resolve_recipe(rep, param, method, jitter)
     tvs, alphas = lambda_settings(rep, image_shape, lambda_tv, lambda_alpha, alpha, beta,
                                   parameterisation_class(param).prior_scale)
-    method, rates = resolve_method(rep, param, method, lr, tvs, beta)
+    jitter = resolve_jitter(rep, jitter)
+    method, rates = resolve_method(rep, param, method, lr, tvs, beta, jitter)
     if mask is not None:
         mask = torch.as_tensor(mask).to(dev, dtype)
         mask = mask[None] if mask.dim() == target.dim() - 1 else mask
     p = _Problem(rep, target, image_shape, restarts, tvs, alphas, rates,
                  resolve_schedule(rep, param, schedule, iterations),
                  alpha, beta, method, mask, param, {**parameterisation_class(param).recommended_options, **(param_options or {})},
-                 resolve_jitter(rep, jitter), tol, window, leak)
+                 jitter, tol, window, leak)
     chunk = max_batch or target.shape[0] * restarts * len(tvs)
     t0 = time.perf_counter()
     with rep.leaking_gradients(leak):

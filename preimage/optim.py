@@ -8,7 +8,8 @@ in σ-units (i.e. norm σ in pixels)::
 
 It runs on a whole batch at once (N images × R restarts × K regularisation settings); every
 sample's energy is independent, so the batch is a set of independent problems sharing kernels.
-Adam and L-BFGS are available as options.
+Adam and a per-sample L-BFGS (:class:`LBFGS`, one network pass a step) are available; L-BFGS on a
+Fourier image is preimage's default for CNN layers.
 
 Pieces:
 
@@ -58,7 +59,7 @@ DEFAULT_WINDOW = 20
 #: ``minimise(tol=...)``: convergence is checked every this many iterations (one device sync).
 CHECK_EVERY = 5
 #: Bumped when the checkpoint layout changes: older checkpoints are then ignored (started over).
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4  # 4: L-BFGS's per-sample history
 
 
 def make_schedule(schedule: str | Sequence[tuple[int, float]], iterations: int | None = None
@@ -476,13 +477,169 @@ class Adam(_TorchStepper):
         self.row_factor = factors.detach().cpu().double().clone()
 
 
-class LBFGS(_TorchStepper):
-    """L-BFGS (one iteration per step, history 20, strong Wolfe line search) at rate ``lr`` ×
-    the stage factor; one rate for the batch (its line search couples the samples)."""
+class LBFGS(Stepper):
+    """Per-sample L-BFGS: every sample keeps its own curvature history (its last ``history``
+    pairs ``s = Δθ``, ``y = Δ∇E``) and finds its own step length by backtracking until the
+    Armijo condition ``E(θ + t·d) ≤ E(θ) + c₁·t·∇E·d`` holds (up to :attr:`ROUNDING`); the samples are evaluated
+    together, and only those still searching are evaluated again.
 
-    def __init__(self, param: Parameterisation, lr: float):
-        super().__init__(param, lr, lambda v: torch.optim.LBFGS(v, lr=lr, max_iter=1, history_size=20,
-                                                               line_search_fn="strong_wolfe"))
+    A step costs one evaluation of the objective plus one per backtrack (rare once the history
+    has scaled the direction): the gradient of the accepted point starts the next step. A sample
+    with no history (or whose direction stopped descending) takes a gradient step of length
+    ``lr / ‖∇E‖₁``; with history the trial length is ``lr`` (1: the quasi-Newton step) × the
+    stage factor. A sample that finds no acceptable length within :attr:`MAX_BACKTRACKS` stays
+    where it is and forgets its history. With a transform (jitter) the objective changes every
+    step, so the starting point is evaluated again each step.
+
+    State: ``lbfgs.s``, ``lbfgs.y`` ``(history, N, D)`` (D: the variables' elements per sample),
+    ``lbfgs.rho`` ``(history, N)`` (``1 / s·y``; 0 marks an empty or skipped pair) and
+    ``lbfgs.count``, the pairs written so far.
+    """
+
+    C1 = 1e-4
+    MAX_BACKTRACKS = 10
+    #: relative change of E taken as rounding (float32 sums of ~10⁵ terms), not as an increase
+    ROUNDING = 1e-6
+
+    def __init__(self, param: Parameterisation, lr: float, history: int = 10):
+        super().__init__(param, lr)
+        first = self.variables[0]
+        dim = sum(t.numel() // self.n for t in self.variables)
+        self.s = first.new_zeros(history, self.n, dim)
+        self.y = first.new_zeros(history, self.n, dim)
+        self.rho = first.new_zeros(history, self.n)
+        self.count = 0
+        self.factor = torch.ones(self.n, dtype=first.dtype, device=first.device)
+        self._at: tuple[torch.Tensor, torch.Tensor, EnergyTerms] | None = None  # (E, ∇E, terms) now
+
+    def start_stage(self, factor: float, reset: bool) -> None:
+        self.factor.fill_(float(factor))
+
+    def set_stage_factors(self, factors: torch.Tensor, reset: torch.Tensor) -> None:
+        """Per-sample factors ``(N,)`` on the trial step; 0 freezes a sample exactly. ``reset``
+        is ignored (the history stays valid across stages)."""
+        self.factor = factors.to(self.factor.device, self.factor.dtype).clone()
+
+    def _flat(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_rows(t, self.n) for t in tensors], dim=1)
+
+    def _assign(self, flat: torch.Tensor) -> None:
+        """Set the variables from ``(N, D)``."""
+        at = 0
+        with torch.no_grad():
+            for t in self.variables:
+                width = t.numel() // self.n
+                _rows(t, self.n).copy_(flat[:, at:at + width])
+                at += width
+
+    def _evaluate(self, closure: Closure, rows: torch.Tensor | None):
+        """``(E (N,), ∇E (N, D), terms)`` with rows ``rows`` (None: the closure's own active
+        samples) evaluated now; the closure's own restriction is put back after."""
+        outer = closure.active
+        if rows is not None:
+            closure.restrict(rows)
+        try:
+            closure()
+        finally:
+            if rows is not None:
+                closure.restrict(outer)
+        terms = closure.terms
+        detached = EnergyTerms(terms.data.detach().clone(), terms.alpha.detach().clone(), terms.tv.detach().clone())
+        grad = self._flat([t.grad if t.grad is not None else torch.zeros_like(t) for t in self.variables])
+        return detached.total.to(grad.dtype), grad, detached
+
+    def _direction(self, g: torch.Tensor) -> torch.Tensor:
+        """``-H·g`` per sample by the two-loop recursion over the history (newest first)."""
+        q = g.clone()
+        order = [(self.count - 1 - i) % self.s.shape[0] for i in range(min(self.count, self.s.shape[0]))]
+        alphas = []
+        for j in order:
+            a = self.rho[j] * (self.s[j] * q).sum(1)
+            q -= a[:, None] * self.y[j]
+            alphas.append(a)
+        gamma = torch.zeros_like(q[:, 0])  # s·y / y·y of each sample's newest kept pair
+        for j in order:
+            yy = (self.y[j] * self.y[j]).sum(1)
+            newest = (gamma == 0) & (self.rho[j] > 0)
+            gamma = torch.where(newest, 1 / (self.rho[j] * yy).clamp_min(1e-30), gamma)
+        q *= torch.where(gamma > 0, gamma, torch.ones_like(gamma))[:, None]
+        for j, a in zip(reversed(order), reversed(alphas)):
+            b = self.rho[j] * (self.y[j] * q).sum(1)
+            q += (a - b)[:, None] * self.s[j]
+        return -q
+
+    def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
+        if self._at is None or closure.transform is not None:
+            self._at = self._evaluate(closure, None)
+        f0, g0, terms0 = self._at
+        with torch.no_grad():
+            d = self._direction(g0)
+            gd = (g0 * d).sum(1)
+            fresh = ~(gd < 0) | (self.rho > 0).sum(0).eq(0)  # no history, or not a descent direction
+            if fresh.any():
+                self.rho[:, fresh] = 0
+                scale = (self.lr / g0.abs().sum(1).clamp_min(1e-30))[:, None]
+                d = torch.where(fresh[:, None], -g0 * scale, d)
+                gd = (g0 * d).sum(1)
+            t = torch.where(fresh, torch.ones_like(gd), torch.full_like(gd, self.lr)) * self.factor
+        self._search(closure, f0, g0, terms0, d, gd, t)
+        return terms0
+
+    def _search(self, closure: Closure, f0, g0, terms0, d, gd, t) -> None:
+        """Backtrack each searching sample until Armijo holds; then store the new pairs."""
+        x0 = self._flat(self.variables).detach().clone()
+        f, g, terms = f0.clone(), g0.clone(), EnergyTerms(terms0.data.clone(), terms0.alpha.clone(), terms0.tv.clone())
+        searching = t > 0
+        if closure.active is not None:
+            inactive = torch.ones_like(searching)
+            inactive[closure.active.to(searching.device)] = False
+            searching &= ~inactive
+        taken = torch.zeros_like(t)
+        for _ in range(self.MAX_BACKTRACKS + 1):
+            idx = searching.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            self._assign(x0 + torch.where(searching, t, taken)[:, None] * d)
+            rows = None if closure.active is not None and idx.numel() == closure.active.numel() else idx
+            if closure.active is None and idx.numel() == self.n:
+                rows = None
+            fn, gn, tn = self._evaluate(closure, rows)
+            # Armijo, up to float rounding of E (near convergence the predicted decrease is below it)
+            ok = searching & torch.isfinite(fn) & (fn <= f0 + self.C1 * t * gd + self.ROUNDING * f0.abs())
+            f = torch.where(ok, fn, f)
+            g = torch.where(ok[:, None], gn, g)
+            terms = EnergyTerms(*(torch.where(ok.to(a.device), b, a) for a, b in
+                                  ((terms.data, tn.data), (terms.alpha, tn.alpha), (terms.tv, tn.tv))))
+            taken = torch.where(ok, t, taken)
+            searching &= ~ok
+            # quadratic interpolation of E along d, kept within [0.1 t, 0.5 t]
+            curv = fn - f0 - gd * t
+            guess = torch.where(torch.isfinite(fn) & (curv > 0), -gd * t * t / (2 * curv), 0.1 * t)
+            t = torch.where(searching, torch.minimum(torch.maximum(guess, 0.1 * t), 0.5 * t), t)
+        self._assign(x0 + taken[:, None] * d)
+        with torch.no_grad():
+            s = taken[:, None] * d
+            y = g - g0
+            sy = (s * y).sum(1)
+            good = (taken > 0) & (sy > 1e-10 * (y * y).sum(1))
+            slot = self.count % self.s.shape[0]
+            self.s[slot], self.y[slot] = s, y
+            self.rho[slot] = torch.where(good, 1 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+            self.rho[:, searching] = 0  # no acceptable length: start again from the gradient
+            self.count += 1
+        self._at = (f, g, terms)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lbfgs.s": self.s, "lbfgs.y": self.y, "lbfgs.rho": self.rho,
+                "lbfgs.count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.s.copy_(state["lbfgs.s"])
+        self.y.copy_(state["lbfgs.y"])
+        self.rho.copy_(state["lbfgs.rho"])
+        self.count = int(state["lbfgs.count"])
+        self._at = None
 
 
 def _to_device(value, device):
@@ -872,9 +1029,6 @@ def _early_stop(tol: float | None, window: int, method: str, stages, n: int) -> 
         raise ValueError(f"tol must be a finite number ≥ 0 (a relative improvement), got {tol!r}")
     if isinstance(window, bool) or int(window) != window or window < 1:
         raise ValueError(f"window must be a whole number of iterations ≥ 1, got {window!r}")
-    if method == "lbfgs":
-        raise ValueError("tol (per-sample early stopping) needs method 'momentum' or 'adam': L-BFGS's line "
-                         "search couples the samples, so one of them cannot stop alone; drop tol")
     return EarlyStop(stages, n, float(tol), int(window))
 
 
@@ -928,7 +1082,7 @@ def minimise(objective: InversionObjective, variables: torch.Tensor | Parameteri
             lowest total energy improved by less than ``tol`` (relative, ≥ 0) over its last
             ``window`` iterations in a stage moves to its next stage (the schedule advances per sample);
             after the last it is frozen and its data term is no longer evaluated. ``None``: the
-            whole schedule for every sample. Not with ``method="lbfgs"`` (ValueError).
+            whole schedule for every sample.
     Returns:
         :class:`OptimResult`.
     """

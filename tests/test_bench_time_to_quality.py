@@ -131,7 +131,7 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     assert all("error" not in r for r in rows)
     got = {(r["rep"], r["batch"], r["method"]) for r in rows}
     hog = {"paper", "default", "adam", "lbfgs", "early"}  # momentum is HOG's default
-    cnn = {"paper", "paper-nchw", "default", "exact", "momentum", "lbfgs", "early", "cnnvis", "cnnvis-best"}  # adam: the default
+    cnn = {"paper", "paper-nchw", "default", "exact", "momentum", "adam", "early", "cnnvis", "cnnvis-best"}  # lbfgs: the default
     assert got == {("hog", b, m) for b in (1, 2) for m in hog} | {("mobilenet_v2:conv1", b, m)
                                                                   for b in (1, 2) for m in cnn}
     for r in rows:

@@ -113,9 +113,9 @@ def test_cnn_invert_with_neighbourhood_and_channels(tmp_path, image_file):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert result["layer"] == "conv2" and result["settings"]["masked"]
-    # preimage's default for CNN layers: a Fourier image with Adam, the paper's weight for an early
-    # layer (0.5) times the Fourier image's prior scale
-    assert result["settings"]["param"] == "fourier" and result["settings"]["method"] == "adam"
+    # preimage's default for CNN layers: a Fourier image with L-BFGS, the paper's weight for an
+    # early layer (0.5) times the Fourier image's prior scale
+    assert result["settings"]["param"] == "fourier" and result["settings"]["method"] == "lbfgs"
     assert result["settings"]["lambda_tv"] == [pytest.approx(0.0015)]
     assert main(["invert", str(image_file), "--model", "caffenet", "--layer", "conv9", "--out", str(out)]) == 2
 

@@ -162,3 +162,22 @@ def test_fourier_run_resumes_from_its_checkpoint(tmp_path):
     rep.forward = forward
     resumed = invert(rep, x, iterations=60, param="fourier", progress=False, checkpoint=tmp_path / "ck")
     assert torch.allclose(resumed.reconstructions, full.reconstructions, atol=1e-3)
+
+
+def test_representation_recipe_optimiser_is_used_without_jitter_only():
+    """A representation's ``recipe_optimiser`` for the parameterisation (CNN layers: L-BFGS on
+    a Fourier image) is the default method and rate; a jitter (a changing objective), an
+    explicit method or the paper's method keep theirs."""
+    class QuasiNewton(Colour):
+        recipe_optimiser = {"fourier": ("lbfgs", 0.5)}
+
+    x = torch.rand(1, 3, 32, 32) * 255
+    rep = QuasiNewton()
+    res = invert(rep, x, iterations=20, param="fourier", progress=False)
+    assert res.settings["method"] == "lbfgs" and res.settings["lr"] == [0.5]
+    assert res.relative_errors.item() < invert(rep, x, iterations=2, param="fourier", progress=False).relative_errors.item()
+    assert invert(rep, x, iterations=2, param="fourier", lr=0.2, progress=False).settings["lr"] == [0.2]
+    assert invert(rep, x, iterations=2, param="fourier", jitter=3, progress=False).settings["method"] == "adam"
+    assert invert(rep, x, iterations=2, param="fourier", method="adam", progress=False).settings["method"] == "adam"
+    assert invert(rep, x, iterations=2, param="pixel", progress=False).settings["method"] == "momentum"
+    assert invert(rep, x, iterations=2, method="paper", progress=False).settings["method"] == "momentum"

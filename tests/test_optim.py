@@ -104,6 +104,28 @@ def test_other_methods_descend(method):
     assert res.energy["total"][0] < e0 * 0.5
 
 
+def test_lbfgs_costs_one_evaluation_per_step_and_backtracks_per_sample():
+    """The accepted point's gradient starts the next step (one evaluation a step once the history
+    scales the direction); a trial step far too long is shortened for that sample only."""
+    obj = _problem(2)
+    u0 = gaussian_init(2, (1, 16, 16))
+    calls = []
+    rep = obj.representation
+    handle = rep.register_forward_hook(lambda m, i, o: calls.append(int(i[0].shape[0])))
+    try:
+        res = minimise(obj, u0, lr=1.0, schedule=[(40, 1.0)], method="lbfgs", progress=False)
+    finally:
+        handle.remove()
+    assert sum(calls) <= 2 * 40 + 2 * 6  # the first step evaluates twice; a few backtracks at most
+    with torch.no_grad():
+        e0 = obj(u0).total
+    assert all(e < 0.05 * float(s) for e, s in zip(res.energy["total"], e0))
+    # a rate of 1e4 overshoots: backtracking keeps every step a descent, per sample
+    far = minimise(obj, u0, lr=1e4, schedule=[(40, 1.0)], method="lbfgs", progress=False)
+    assert (far.history[1:] <= far.history[:-1] * (1 + 1e-6)).all()
+    assert torch.isfinite(far.u).all()
+
+
 BLOWUP_LR = 3.0  # on _problem: blows up within 20 iterations (0.05 is stable)
 
 

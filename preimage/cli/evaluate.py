@@ -27,7 +27,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--lambda-tv", type=float, default=5.0, help="TV weight (default 5, the paper's Table 1)")
     sp.add_argument("--max-side", type=int, default=None, help="downscale eval images (default: native size)")
     sp.add_argument("--method", choices=["default", "paper"], default="default",
-                    help="default: preimage's (for --model: a Fourier image with Adam, calibrated on train/; "
+                    help="default: preimage's (for --model: a Fourier image with L-BFGS, calibrated on train/; "
                          "for HOG/DSIFT the paper's); paper: exactly the paper's method")
     sp.add_argument("--param", choices=["pixel", "fourier", "dip"], default=None,
                     help="the image's parameterisation (default: the representation's: pixels for HOG/DSIFT, "

@@ -51,7 +51,8 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
                                               "is clipped, e.g. conv_last; the stages are rescaled to N)")
     sp.add_argument("--lr", type=float, help="base learning rate (default: per representation)")
     sp.add_argument("--optimizer", choices=["momentum", "adam", "lbfgs"],
-                    help="default: the parameterisation's (pixel: the paper's momentum; fourier, dip: Adam)")
+                    help="default: the representation's recipe (pixel: the paper's momentum; a CNN layer's "
+                         "fourier image: L-BFGS, Adam with --jitter or at a deep clipped layer; dip: Adam)")
     sp.add_argument("--restarts", type=int, default=1, help="random restarts, optimised as one batch")
     sp.add_argument("--grad-leak", type=float, default=None,
                     help="--model layers: let this fraction of the gradient through where a ReLU/ReLU6 clips; "

@@ -21,6 +21,7 @@ class attributes or in ``__init__``:
 ``lr``                      default base learning rate of the paper's momentum descent
 ``param``                   default parameterisation of the image (``"pixel"``; CNN layers ``"fourier"``)
 ``recipe_schedule``         stages of preimage's own recipes for that image, when the code needs other ones
+``recipe_optimiser``        optimiser and rate of those recipes per parameterisation, when the code needs another
 ``grad_leak``               gradient leak of the clipping activations for preimage's own recipes
 ``leaking_gradients(l)``    context in which the backward leaks ``l`` (see ``grad_leak``)
 ``render_code(code)``       a picture of one code (HOG: its glyph), or ``None``
@@ -35,7 +36,8 @@ A plain ``nn.Module`` that is not a :class:`Representation` is still invertible:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from types import MappingProxyType
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -77,6 +79,12 @@ class Representation(nn.Module):
     #: :attr:`preimage.representations.cnn.CNNLayer.recipe_schedule`); ``None``: the
     #: parameterisation's. The paper's method and pixels keep ``schedule``.
     recipe_schedule: Sequence[tuple[int, float]] | None = None
+    #: ``{param: (optimiser, rate)}``: the optimiser of preimage's own recipes on that
+    #: parameterisation of the image when the code wants another than its
+    #: ``recommended_optimiser`` (CNN layers: L-BFGS on a Fourier image,
+    #: :attr:`preimage.representations.cnn.CNNLayer.recipe_optimiser`). Not used with a jitter
+    #: (a quasi-Newton method needs the same objective every step). Empty: the parameterisation's.
+    recipe_optimiser: Mapping[str, tuple[str, float]] = MappingProxyType({})
     #: Default base learning rate (σ-units per unit gradient of the normalised objective), tuned
     #: on the train images at λ_V = 5 (benchmarks/tune_lr.py).
     lr: float = 1e-3
