@@ -252,7 +252,8 @@ class InversionObjective(nn.Module):
         diff = code - self.target.to(code.dtype)
         if self.mask is not None:
             diff = diff * self.mask.to(code.dtype)
-        return diff.flatten(1).pow(2).sum(1) / self.target_norm2.to(code.dtype)
+        flat = diff.flatten(1)  # a row-wise dot: pow(2)'s backward is ~3× slower on CPU
+        return torch.linalg.vecdot(flat, flat) / self.target_norm2.to(code.dtype)
 
     def forward(self, u: torch.Tensor, seen: torch.Tensor | None = None) -> EnergyTerms:
         """Per-sample energy terms of ``u`` ``(N, C, H, W)``; the data term compares the code of

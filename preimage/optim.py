@@ -477,11 +477,17 @@ class Adam(_TorchStepper):
         self.row_factor = factors.detach().cpu().double().clone()
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two ``(N, D)`` tensors: ``(N,)``, one BLAS dot per row (on CPU
+    6× faster than a batched ``bmm`` or a product and sum, with no ``(N, D)`` temporary)."""
+    return torch.stack([a[i].dot(b[i]) for i in range(a.shape[0])])
+
+
 class LBFGS(Stepper):
     """Per-sample L-BFGS: every sample keeps its own curvature history (its last ``history``
     pairs ``s = Δθ``, ``y = Δ∇E``) and finds its own step length by backtracking until the
-    Armijo condition ``E(θ + t·d) ≤ E(θ) + c₁·t·∇E·d`` holds (up to :attr:`ROUNDING`); the samples are evaluated
-    together, and only those still searching are evaluated again.
+    Armijo condition ``E(θ + t·d) ≤ E(θ) + c₁·t·∇E·d`` holds (up to :attr:`ROUNDING`); the
+    samples are evaluated together, and only those still searching are evaluated again.
 
     A step costs one evaluation of the objective plus one per backtrack (rare once the history
     has scaled the direction): the gradient of the accepted point starts the next step. A sample
@@ -492,8 +498,9 @@ class LBFGS(Stepper):
     step, so the starting point is evaluated again each step.
 
     State: ``lbfgs.s``, ``lbfgs.y`` ``(history, N, D)`` (D: the variables' elements per sample),
-    ``lbfgs.rho`` ``(history, N)`` (``1 / s·y``; 0 marks an empty or skipped pair) and
-    ``lbfgs.count``, the pairs written so far.
+    ``lbfgs.rho`` ``(history, N)`` (``1 / s·y``; 0 marks an empty or skipped pair),
+    ``lbfgs.gamma`` ``(history, N)`` (``s·y / y·y``, the pair's scale of the initial inverse
+    Hessian) and ``lbfgs.count``, the pairs written so far.
     """
 
     C1 = 1e-4
@@ -508,6 +515,7 @@ class LBFGS(Stepper):
         self.s = first.new_zeros(history, self.n, dim)
         self.y = first.new_zeros(history, self.n, dim)
         self.rho = first.new_zeros(history, self.n)
+        self.gamma = first.new_zeros(history, self.n)
         self.count = 0
         self.factor = torch.ones(self.n, dtype=first.dtype, device=first.device)
         self._at: tuple[torch.Tensor, torch.Tensor, EnergyTerms] | None = None  # (E, ∇E, terms) now
@@ -521,15 +529,16 @@ class LBFGS(Stepper):
         self.factor = factors.to(self.factor.device, self.factor.dtype).clone()
 
     def _flat(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(N, D)``: a copy of the variables' (or their gradients') rows side by side."""
         return torch.cat([_rows(t, self.n) for t in tensors], dim=1)
 
-    def _assign(self, flat: torch.Tensor) -> None:
-        """Set the variables from ``(N, D)``."""
+    def _assign(self, x0: torch.Tensor, d: torch.Tensor, t: torch.Tensor) -> None:
+        """Set the variables to ``x0 + t·d`` (``(N, D)``, ``(N, D)``, ``(N,)``)."""
         at = 0
         with torch.no_grad():
-            for t in self.variables:
-                width = t.numel() // self.n
-                _rows(t, self.n).copy_(flat[:, at:at + width])
+            for v in self.variables:
+                width = v.numel() // self.n
+                torch.addcmul(x0[:, at:at + width], d[:, at:at + width], t[:, None], out=_rows(v, self.n))
                 at += width
 
     def _evaluate(self, closure: Closure, rows: torch.Tensor | None):
@@ -549,24 +558,24 @@ class LBFGS(Stepper):
         return detached.total.to(grad.dtype), grad, detached
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """``-H·g`` per sample by the two-loop recursion over the history (newest first)."""
+        """``-H·g`` per sample by the two-loop recursion over the kept pairs (newest first), the
+        initial inverse Hessian scaled by each sample's newest ``gamma``."""
         q = g.clone()
-        order = [(self.count - 1 - i) % self.s.shape[0] for i in range(min(self.count, self.s.shape[0]))]
+        slots = [(self.count - 1 - i) % self.s.shape[0] for i in range(min(self.count, self.s.shape[0]))]
+        slots = [j for j in slots if bool((self.rho[j] > 0).any())]
         alphas = []
-        for j in order:
-            a = self.rho[j] * (self.s[j] * q).sum(1)
-            q -= a[:, None] * self.y[j]
+        for j in slots:
+            a = self.rho[j] * _dot(self.s[j], q)
+            q.addcmul_(self.y[j], a[:, None], value=-1)
             alphas.append(a)
-        gamma = torch.zeros_like(q[:, 0])  # s·y / y·y of each sample's newest kept pair
-        for j in order:
-            yy = (self.y[j] * self.y[j]).sum(1)
-            newest = (gamma == 0) & (self.rho[j] > 0)
-            gamma = torch.where(newest, 1 / (self.rho[j] * yy).clamp_min(1e-30), gamma)
-        q *= torch.where(gamma > 0, gamma, torch.ones_like(gamma))[:, None]
-        for j, a in zip(reversed(order), reversed(alphas)):
-            b = self.rho[j] * (self.y[j] * q).sum(1)
-            q += (a - b)[:, None] * self.s[j]
-        return -q
+        gamma = torch.zeros_like(q[:, 0])
+        for j in slots:
+            gamma = torch.where((gamma == 0) & (self.rho[j] > 0), self.gamma[j], gamma)
+        q.mul_(torch.where(gamma > 0, gamma, torch.ones_like(gamma))[:, None])
+        for j, a in zip(reversed(slots), reversed(alphas)):
+            b = self.rho[j] * _dot(self.y[j], q)
+            q.addcmul_(self.s[j], (a - b)[:, None])
+        return q.neg_()
 
     def step(self, closure: Closure, recorded: bool = False) -> EnergyTerms:
         if self._at is None or closure.transform is not None:
@@ -574,70 +583,87 @@ class LBFGS(Stepper):
         f0, g0, terms0 = self._at
         with torch.no_grad():
             d = self._direction(g0)
-            gd = (g0 * d).sum(1)
+            gd = _dot(g0, d)
             fresh = ~(gd < 0) | (self.rho > 0).sum(0).eq(0)  # no history, or not a descent direction
             if fresh.any():
                 self.rho[:, fresh] = 0
                 scale = (self.lr / g0.abs().sum(1).clamp_min(1e-30))[:, None]
                 d = torch.where(fresh[:, None], -g0 * scale, d)
-                gd = (g0 * d).sum(1)
+                gd = _dot(g0, d)
             t = torch.where(fresh, torch.ones_like(gd), torch.full_like(gd, self.lr)) * self.factor
-        self._search(closure, f0, g0, terms0, d, gd, t)
+        self._search(closure, d, gd, t)
         return terms0
 
-    def _search(self, closure: Closure, f0, g0, terms0, d, gd, t) -> None:
-        """Backtrack each searching sample until Armijo holds; then store the new pairs."""
-        x0 = self._flat(self.variables).detach().clone()
-        f, g, terms = f0.clone(), g0.clone(), EnergyTerms(terms0.data.clone(), terms0.alpha.clone(), terms0.tv.clone())
+    def _searching(self, closure: Closure, t: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` bool: the samples that move this step (a positive trial length, evaluated)."""
         searching = t > 0
         if closure.active is not None:
-            inactive = torch.ones_like(searching)
-            inactive[closure.active.to(searching.device)] = False
-            searching &= ~inactive
+            running = torch.zeros_like(searching)
+            running[closure.active.to(searching.device)] = True
+            searching &= running
+        return searching
+
+    def _search(self, closure: Closure, d: torch.Tensor, gd: torch.Tensor, t: torch.Tensor) -> None:
+        """Backtrack each searching sample until Armijo holds; then keep the new pairs."""
+        f0, g0, terms0 = self._at
+        x0 = self._flat(self.variables).detach()
+        f, g, terms = f0, g0, terms0
+        searching = self._searching(closure, t)
+        every = bool(searching.all())
         taken = torch.zeros_like(t)
+        last = taken
         for _ in range(self.MAX_BACKTRACKS + 1):
             idx = searching.nonzero().flatten()
             if idx.numel() == 0:
                 break
-            self._assign(x0 + torch.where(searching, t, taken)[:, None] * d)
-            rows = None if closure.active is not None and idx.numel() == closure.active.numel() else idx
-            if closure.active is None and idx.numel() == self.n:
-                rows = None
-            fn, gn, tn = self._evaluate(closure, rows)
-            # Armijo, up to float rounding of E (near convergence the predicted decrease is below it)
+            last = torch.where(searching, t, taken)
+            self._assign(x0, d, last)
+            same = (closure.active is None and idx.numel() == self.n) or (
+                closure.active is not None and idx.numel() == closure.active.numel())
+            fn, gn, tn = self._evaluate(closure, None if same else idx)
             ok = searching & torch.isfinite(fn) & (fn <= f0 + self.C1 * t * gd + self.ROUNDING * f0.abs())
-            f = torch.where(ok, fn, f)
-            g = torch.where(ok[:, None], gn, g)
-            terms = EnergyTerms(*(torch.where(ok.to(a.device), b, a) for a, b in
-                                  ((terms.data, tn.data), (terms.alpha, tn.alpha), (terms.tv, tn.tv))))
+            if every and bool(ok.all()):  # the common step: every sample accepts its first trial
+                f, g, terms = fn, gn, tn
+            else:
+                f, g = torch.where(ok, fn, f), torch.where(ok[:, None], gn, g)
+                terms = EnergyTerms(*(torch.where(ok.to(a.device), b, a) for a, b in
+                                      ((terms.data, tn.data), (terms.alpha, tn.alpha), (terms.tv, tn.tv))))
+            every = False
             taken = torch.where(ok, t, taken)
             searching &= ~ok
             # quadratic interpolation of E along d, kept within [0.1 t, 0.5 t]
             curv = fn - f0 - gd * t
             guess = torch.where(torch.isfinite(fn) & (curv > 0), -gd * t * t / (2 * curv), 0.1 * t)
             t = torch.where(searching, torch.minimum(torch.maximum(guess, 0.1 * t), 0.5 * t), t)
-        self._assign(x0 + taken[:, None] * d)
+        if not torch.equal(last, taken):  # the variables are where the last trial put them
+            self._assign(x0, d, taken)
         with torch.no_grad():
-            s = taken[:, None] * d
-            y = g - g0
-            sy = (s * y).sum(1)
-            good = (taken > 0) & (sy > 1e-10 * (y * y).sum(1))
-            slot = self.count % self.s.shape[0]
-            self.s[slot], self.y[slot] = s, y
-            self.rho[slot] = torch.where(good, 1 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-            self.rho[:, searching] = 0  # no acceptable length: start again from the gradient
-            self.count += 1
+            self._remember(d, taken, g, g0, searching)
         self._at = (f, g, terms)
+
+    def _remember(self, d, taken, g, g0, failed) -> None:
+        """Write the pair of this step (``s = taken·d``, ``y = g − g0``) into the next slot;
+        samples that did not move, or whose pair has no positive curvature, keep none there;
+        ``failed`` ``(N,)`` bool samples forget their whole history."""
+        slot = self.count % self.s.shape[0]
+        s, y = self.s[slot], self.y[slot]
+        torch.mul(d, taken[:, None], out=s)
+        torch.sub(g, g0, out=y)
+        sy, yy = _dot(s, y), _dot(y, y)
+        good = (taken > 0) & (sy > 1e-10 * yy)
+        self.rho[slot] = torch.where(good, 1 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        self.gamma[slot] = torch.where(good, sy / yy.clamp_min(1e-30), torch.zeros_like(sy))
+        self.rho[:, failed] = 0
+        self.count += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "lbfgs.s": self.s, "lbfgs.y": self.y, "lbfgs.rho": self.rho,
-                "lbfgs.count": self.count}
+                "lbfgs.gamma": self.gamma, "lbfgs.count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.s.copy_(state["lbfgs.s"])
-        self.y.copy_(state["lbfgs.y"])
-        self.rho.copy_(state["lbfgs.rho"])
+        for key in ("s", "y", "rho", "gamma"):
+            getattr(self, key).copy_(state[f"lbfgs.{key}"])
         self.count = int(state["lbfgs.count"])
         self._at = None
 

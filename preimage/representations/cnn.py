@@ -49,8 +49,8 @@ DEFAULT_GRAD_LEAK = 0.05
 #: (``CNNLayer.recipe_optimiser``): per-sample L-BFGS (:class:`preimage.optim.LBFGS`), whose step
 #: costs one network pass like Adam's. Measured on 4 train/ images, MobileNet v2, 224², relative
 #: code error % at 400 iterations, Adam (0.05, the Fourier image's own) → L-BFGS: conv1 0.68 →
-#: 0.27, block5_add 11.0 → 7.3, block10_expand (clipped) 5.7 → 2.6, block16_add 13.6 → 12.0,
-#: logits 8.3 → 5.9; at block10_add L-BFGS reaches the paper's final error on every image by
+#: 0.27, block5_add 11.0 → 7.3, block10_expand (clipped) 5.7 → 2.6, block16_expand (clipped, depth
+#: 0.83) 8.3 → 7.2, block16_add 13.6 → 12.0, logits 8.3 → 5.9; at block10_add L-BFGS reaches the paper's final error on every image by
 #: iteration 90 (Adam: 130–280, the paper: 360–400). Not on a deep clipped code: ``conv_last``
 #: stalls at 45.9 % (400 iterations) where Adam's 2000-iteration schedule reaches 18.6 %, so such a
 #: layer keeps Adam (:data:`DEEP_CLIPPED_SCHEDULE`).
