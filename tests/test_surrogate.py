@@ -13,7 +13,7 @@ from preimage.paper import CNN_SCHEDULE
 from preimage.params.base import CONSTANT_SCHEDULE
 from preimage.models.surrogate import LeakyClip, leak_clipping_gradients, leaky_clip, set_gradient_leak
 from preimage.representations.cnn import (DEEP_CLIPPED_DEPTH, DEEP_CLIPPED_SCHEDULE, DEFAULT_GRAD_LEAK, FOURIER_OPTIMISER,
-                                         CNNLayer)
+                                         QUASI_NEWTON_DEPTH, CNNLayer)
 
 
 @pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0), (-math.inf, 2.0)])
@@ -160,9 +160,12 @@ def test_a_deep_clipped_code_declares_the_long_recipe_schedule_and_invert_takes_
     assert resolve_schedule(linear, "fourier", None, None) == CONSTANT_SCHEDULE
     hooked = CNNLayer(_Untraceable(), "act", input_size=(8, 8))
     assert hooked.relative_depth >= DEEP_CLIPPED_DEPTH and hooked.recipe_schedule == DEEP_CLIPPED_SCHEDULE
-    # a deep clipped code keeps the Fourier image's Adam; every other layer takes L-BFGS
+    # the deepest layers keep the Fourier image's Adam, clipped or not; shallower ones take L-BFGS
     assert deep.recipe_optimiser == {} and hooked.recipe_optimiser == {}
     assert shallow.recipe_optimiser == linear.recipe_optimiser == {"fourier": FOURIER_OPTIMISER}
+    last_linear = CNNLayer(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3)), "2", input_size=(16, 16))
+    assert last_linear.relative_depth >= QUASI_NEWTON_DEPTH and last_linear.recipe_optimiser == {}
+    assert last_linear.recipe_schedule is None
     assert invert(deep, x, iterations=2, progress=False).settings["method"] == "adam"
     assert invert(linear, x, iterations=2, progress=False).settings["method"] == "lbfgs"
 

@@ -12,7 +12,9 @@ dip        the output of a small hourglass network from fixed noise Adam 0.01, c
 
 The last column is each class's ``recommended_*`` settings, which :func:`preimage.invert.invert`
 uses unless told otherwise (its ``param_options`` override ``recommended_options`` key by key;
-constructing a class directly takes its plain defaults, e.g. an unbounded Fourier image).
+constructing a class directly takes its plain defaults, e.g. an unbounded Fourier image). A
+representation may name another optimiser for its own recipe: CNN layers invert a Fourier image
+with L-BFGS (``CNNLayer.recipe_optimiser``).
 Fourier's settings were calibrated on ``train/`` (``benchmarks/bench_priors.py``); DIP's rate is
 its authors'. Use :func:`get_parameterisation`::
 

@@ -25,7 +25,8 @@ statistics of train/ give the correlation, the paper's σ the scale. C = 1 (or `
 multiplies by that RMS alone. So unit-variance coefficients give ‖u‖ ≈ 1, a natural image's norm.
 
 ``init``: coefficients ~ N(0, ``init_std``²), ``init_std`` = 0.01 (lucent's): a nearly uniform
-image at the mean colour, ‖u‖ ≈ 0.01. Optimiser: Adam, lr 0.05 (lucent's; to be calibrated).
+image at the mean colour, ‖u‖ ≈ 0.01. Optimiser: Adam, lr 0.05 (lucent's; calibrated on train/);
+a CNN layer's own recipe takes per-sample L-BFGS instead (``CNNLayer.recipe_optimiser``).
 """
 
 from __future__ import annotations

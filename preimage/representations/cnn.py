@@ -36,7 +36,7 @@ from ..paper import lambda_tv_for_depth
 from .base import Representation
 
 __all__ = ["CNNLayer", "LayerInfo", "list_layers", "CPU_CHUNK_BYTES", "PLAIN_EXECUTION", "DEFAULT_GRAD_LEAK",
-           "FOURIER_OPTIMISER", "DEEP_CLIPPED_DEPTH", "DEEP_CLIPPED_SCHEDULE"]
+           "FOURIER_OPTIMISER", "QUASI_NEWTON_DEPTH", "DEEP_CLIPPED_DEPTH", "DEEP_CLIPPED_SCHEDULE"]
 
 #: The gradient leak of a traced layer's clipping activations that preimage's own recipes use
 #: (``CNNLayer.grad_leak``; the paper's method uses the exact gradient). Chosen on 8 train/ images
@@ -51,10 +51,15 @@ DEFAULT_GRAD_LEAK = 0.05
 #: code error % at 400 iterations, Adam (0.05, the Fourier image's own) → L-BFGS: conv1 0.68 →
 #: 0.27, block5_add 11.0 → 7.3, block10_expand (clipped) 5.7 → 2.6, block16_expand (clipped, depth
 #: 0.83) 8.3 → 7.2, block16_add 13.6 → 12.0, logits 8.3 → 5.9; at block10_add L-BFGS reaches the paper's final error on every image by
-#: iteration 90 (Adam: 130–280, the paper: 360–400). Not on a deep clipped code: ``conv_last``
-#: stalls at 45.9 % (400 iterations) where Adam's 2000-iteration schedule reaches 18.6 %, so such a
-#: layer keeps Adam (:data:`DEEP_CLIPPED_SCHEDULE`).
+#: iteration 90 (Adam: 130–280, the paper: 360–400). Not at the deepest layers
+#: (:data:`QUASI_NEWTON_DEPTH`).
 FOURIER_OPTIMISER: tuple[str, float] = ("lbfgs", 1.0)
+#: Layers at this relative depth or deeper keep the Fourier image's Adam (``recipe_optimiser`` is
+#: empty): on the same 4 train/ images L-BFGS is worse at three of MobileNet v2's four blocks there,
+#: ``block17_project`` (0.92) 21.3 → 23.5 %, ``conv_last`` (0.94, clipped) 18.6 % with Adam's
+#: 2000-iteration schedule → 45.9 % at 400, ``avgpool`` (0.95) 9.8 → 10.6 %, and better only at
+#: ``logits`` (0.98), 8.3 → 5.9 %.
+QUASI_NEWTON_DEPTH = 0.9
 
 #: A layer whose code is the output of a clipping activation (ReLU, ReLU6, …) at this relative depth
 #: or deeper gets :data:`DEEP_CLIPPED_SCHEDULE` for preimage's own recipes (``recipe_schedule``):
@@ -235,9 +240,10 @@ class CNNLayer(Representation):
 
     Inverted by default through a Fourier image (``param = "fourier"``: its schedule, prior scale
     and sigmoid range, calibrated on train/) optimised by per-sample L-BFGS
-    (``recipe_optimiser``, :data:`FOURIER_OPTIMISER`); a layer whose code is a clipping
-    activation's output at relative depth ≥ :data:`DEEP_CLIPPED_DEPTH` keeps the Fourier image's
-    Adam and declares ``recipe_schedule =`` :data:`DEEP_CLIPPED_SCHEDULE` (2000 iterations) for it;
+    (``recipe_optimiser``, :data:`FOURIER_OPTIMISER`) up to :data:`QUASI_NEWTON_DEPTH`, by its
+    Adam deeper; a layer whose code is a clipping activation's output at relative depth ≥
+    :data:`DEEP_CLIPPED_DEPTH` declares ``recipe_schedule =`` :data:`DEEP_CLIPPED_SCHEDULE` (2000
+    iterations) for it;
     ``invert(..., method="paper")`` takes the paper's pixels, CNN schedule (``schedule = "cnn"``,
     400 iterations) and momentum at ``lr = 1e-2``.
     """
@@ -320,10 +326,10 @@ class CNNLayer(Representation):
                                   int(shape[0]) if shape else 0, None, None, None, k, k / max(len(leaves), 1))
         self.relative_depth = self.info.depth if self.info is not None else 1.0
         self.lambda_tv = lambda_tv_for_depth(self.relative_depth)
-        deep_clipped = clipped and self.relative_depth >= DEEP_CLIPPED_DEPTH
-        self.recipe_schedule = DEEP_CLIPPED_SCHEDULE if deep_clipped else None
-        # a deep clipped code keeps the Fourier image's Adam (L-BFGS stalls there, see FOURIER_OPTIMISER)
-        self.recipe_optimiser = {} if deep_clipped else {"fourier": FOURIER_OPTIMISER}
+        self.recipe_schedule = (DEEP_CLIPPED_SCHEDULE if clipped and self.relative_depth >= DEEP_CLIPPED_DEPTH
+                                else None)
+        # a deep layer keeps the Fourier image's Adam (see FOURIER_OPTIMISER)
+        self.recipe_optimiser = {} if self.relative_depth >= QUASI_NEWTON_DEPTH else {"fourier": FOURIER_OPTIMISER}
         if device is not None:
             self.to(device)
 
