@@ -606,7 +606,8 @@ class LBFGS(Stepper):
     def _search(self, closure: Closure, d: torch.Tensor, gd: torch.Tensor, t: torch.Tensor) -> None:
         """Backtrack each searching sample until Armijo holds; then keep the new pairs."""
         f0, g0, terms0 = self._at
-        x0 = self._flat(self.variables).detach()
+        with torch.no_grad():
+            x0 = self._flat(self.variables)
         f, g, terms = f0, g0, terms0
         searching = self._searching(closure, t)
         every = bool(searching.all())
