@@ -12,8 +12,8 @@ from preimage.invert import invert, resolve_schedule
 from preimage.paper import CNN_SCHEDULE
 from preimage.params.base import CONSTANT_SCHEDULE
 from preimage.models.surrogate import LeakyClip, leak_clipping_gradients, leaky_clip, set_gradient_leak
-from preimage.representations.cnn import (DEEP_CLIPPED_DEPTH, DEEP_CLIPPED_SCHEDULE, DEFAULT_GRAD_LEAK, FOURIER_OPTIMISER,
-                                         QUASI_NEWTON_DEPTH, CNNLayer)
+from preimage.representations.cnn import (DEEP_CLIPPED_DEPTH, DEEP_CLIPPED_SCHEDULE, DEFAULT_GRAD_LEAK,
+                                         FOURIER_OPTIMISER, QUASI_NEWTON_DEPTH, CNNLayer)
 
 
 @pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (0.0, math.inf), (-1.0, 1.0), (-math.inf, 2.0)])

@@ -50,8 +50,8 @@ DEFAULT_GRAD_LEAK = 0.05
 #: costs one network pass like Adam's. Measured on 4 train/ images, MobileNet v2, 224², relative
 #: code error % at 400 iterations, Adam (0.05, the Fourier image's own) → L-BFGS: conv1 0.68 →
 #: 0.27, block5_add 11.0 → 7.3, block10_expand (clipped) 5.7 → 2.6, block16_expand (clipped, depth
-#: 0.83) 8.3 → 7.2, block16_add 13.6 → 12.0, logits 8.3 → 5.9; at block10_add L-BFGS reaches the paper's final error on every image by
-#: iteration 90 (Adam: 130–280, the paper: 360–400). Not at the deepest layers
+#: 0.83) 8.3 → 7.2, block16_add 13.6 → 12.0; at block10_add L-BFGS reaches the paper's final error
+#: on every image by iteration 90 (Adam: 130–280, the paper: 360–400). Not at the deepest layers
 #: (:data:`QUASI_NEWTON_DEPTH`).
 FOURIER_OPTIMISER: tuple[str, float] = ("lbfgs", 1.0)
 #: Layers at this relative depth or deeper keep the Fourier image's Adam (``recipe_optimiser`` is
@@ -328,8 +328,8 @@ class CNNLayer(Representation):
         self.lambda_tv = lambda_tv_for_depth(self.relative_depth)
         self.recipe_schedule = (DEEP_CLIPPED_SCHEDULE if clipped and self.relative_depth >= DEEP_CLIPPED_DEPTH
                                 else None)
-        # a deep layer keeps the Fourier image's Adam (see FOURIER_OPTIMISER)
-        self.recipe_optimiser = {} if self.relative_depth >= QUASI_NEWTON_DEPTH else {"fourier": FOURIER_OPTIMISER}
+        deep = self.relative_depth >= QUASI_NEWTON_DEPTH  # keeps the Fourier image's Adam
+        self.recipe_optimiser = {} if deep else {"fourier": FOURIER_OPTIMISER}
         if device is not None:
             self.to(device)
 
