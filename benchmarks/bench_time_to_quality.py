@@ -94,12 +94,12 @@ import torch
 
 from preimage.baselines import cnn_visualizations as cnnvis  # noqa: E402
 from preimage.data import eval_images, spread, train_images  # noqa: E402
-from preimage.invert import invert  # noqa: E402
+from preimage.invert import invert, resolve_method  # noqa: E402
 from preimage.io.images import load_image, resize  # noqa: E402
 from preimage.metrics import relative_error  # noqa: E402
 from preimage.models import get_model  # noqa: E402
 from preimage.optim import minimise  # noqa: E402
-from preimage.params import parameterisation_class  # noqa: E402
+from preimage.paper import LAMBDA_TV  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
 from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
@@ -288,9 +288,8 @@ def counting_passes(rep: torch.nn.Module):
 
 def methods_for(case: Case, wanted: list[str]) -> list[str]:
     """The methods of ``wanted`` that apply to ``case`` (cnnvis on CNN layers only; the optimiser
-    that is the default's own is the ``default`` row)."""
-    param = case.rep.param
-    own = case.rep.recipe_optimiser.get(param, (parameterisation_class(param).recommended_optimiser,))[0]
+    that is the default's own, as ``invert`` resolves it, is the ``default`` row)."""
+    own, _ = resolve_method(case.rep, case.rep.param, None, None, [LAMBDA_TV], 2.0)
     return [m for m in wanted if m != own and (case.cnn or m not in CNN_ONLY)]
 
 

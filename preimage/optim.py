@@ -584,7 +584,7 @@ class LBFGS(Stepper):
         with torch.no_grad():
             d = self._direction(g0)
             gd = _dot(g0, d)
-            fresh = ~(gd < 0) | (self.rho > 0).sum(0).eq(0)  # no history, or not a descent direction
+            fresh = ~(gd < 0) | ~(self.rho > 0).any(0)  # not a descent direction, or no history
             if fresh.any():
                 self.rho[:, fresh] = 0
                 scale = (self.lr / g0.abs().sum(1).clamp_min(1e-30))[:, None]
@@ -619,9 +619,8 @@ class LBFGS(Stepper):
                 break
             last = torch.where(searching, t, taken)
             self._assign(x0, d, last)
-            same = (closure.active is None and idx.numel() == self.n) or (
-                closure.active is not None and idx.numel() == closure.active.numel())
-            fn, gn, tn = self._evaluate(closure, None if same else idx)
+            running = self.n if closure.active is None else closure.active.numel()
+            fn, gn, tn = self._evaluate(closure, None if idx.numel() == running else idx)
             ok = searching & torch.isfinite(fn) & (fn <= f0 + self.C1 * t * gd + self.ROUNDING * f0.abs())
             if every and bool(ok.all()):  # the common step: every sample accepts its first trial
                 f, g, terms = fn, gn, tn

@@ -52,7 +52,7 @@ def add_invert_parser(subparsers) -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=float, help="base learning rate (default: per representation)")
     sp.add_argument("--optimizer", choices=["momentum", "adam", "lbfgs"],
                     help="default: the representation's recipe (pixel: the paper's momentum; a CNN layer's "
-                         "fourier image: L-BFGS, Adam with --jitter or at a deep clipped layer; dip: Adam)")
+                         "fourier image: L-BFGS, Adam with --jitter or past 90 %% of the depth; dip: Adam)")
     sp.add_argument("--restarts", type=int, default=1, help="random restarts, optimised as one batch")
     sp.add_argument("--grad-leak", type=float, default=None,
                     help="--model layers: let this fraction of the gradient through where a ReLU/ReLU6 clips; "
