@@ -14,8 +14,11 @@ reaches after its full schedule, at batch 1 and batch 8, on HOG, HOGb, DSIFT and
   ``--schedule paper``): **the baseline**. Its final relative code error on each image, measured
   in the same run, is that image's **reference error**;
 * ``paper-nchw`` (CNN layers only): the same through a layer run as before channels-last and
-  chunked execution (``CNNLayer(..., **PLAIN_EXECUTION)``): the issue's
-  "today's default", whose images per second the last table compares every method's with;
+  chunked execution (``CNNLayer(..., **PLAIN_EXECUTION)``) and without the compiled loops
+  (:func:`preimage.compiled.disabled`): the issue's "today's default", whose images per second
+  the last table compares every method's with;
+* ``paper-torch`` (HOG/DSIFT only): the paper's method without the compiled loops (HOG's
+  per-pixel stage and the priors as torch operations): today's default there;
 * ``default``: ``invert(rep, x)``, preimage's default (pixels and momentum for HOG/DSIFT; for CNN
   layers a Fourier image (:class:`~preimage.params.FourierParam`'s ``recommended_*``) with the
   layer's ``recipe_optimiser``, per-sample L-BFGS, differentiated through the layer's leaky
@@ -85,13 +88,14 @@ import os
 import statistics
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import _harness as bench  # first: it makes the checkout importable
 import torch
 
+from preimage import compiled  # noqa: E402
 from preimage.baselines import cnn_visualizations as cnnvis  # noqa: E402
 from preimage.data import eval_images, spread, train_images  # noqa: E402
 from preimage.invert import invert, resolve_method  # noqa: E402
@@ -103,9 +107,13 @@ from preimage.paper import LAMBDA_TV  # noqa: E402
 from preimage.representations import SHALLOW_NAMES, get_representation  # noqa: E402
 from preimage.representations.cnn import PLAIN_EXECUTION, CNNLayer  # noqa: E402
 
-METHODS = ("paper", "paper-nchw", "default", "exact", "momentum", "adam", "lbfgs", "early", "cnnvis", "cnnvis-best")
-#: methods that run on CNN layers only
+METHODS = ("paper", "paper-nchw", "paper-torch", "default", "exact", "momentum", "adam", "lbfgs", "early", "cnnvis",
+           "cnnvis-best")
+#: methods that run on CNN layers only, and on HOG/DSIFT only
 CNN_ONLY = ("paper-nchw", "exact", "cnnvis", "cnnvis-best")
+SHALLOW_ONLY = ("paper-torch",)
+#: today's default (the issue's baseline) per kind of case: the paper's method as it ran before
+TODAY = {True: "paper-nchw", False: "paper-torch"}
 SHALLOW_SIZE = (227, 227)
 #: a sample has reached its reference when its error is at most reference × (1 + REACH_SLACK): the
 #: same algorithm through another execution (``paper-nchw``) ends 1e-3 (relative) away by rounding alone
@@ -290,14 +298,15 @@ def methods_for(case: Case, wanted: list[str]) -> list[str]:
     """The methods of ``wanted`` that apply to ``case`` (cnnvis on CNN layers only; the optimiser
     that is the default's own, as ``invert`` resolves it, is the ``default`` row)."""
     own, _ = resolve_method(case.rep, case.rep.param, None, None, [LAMBDA_TV], 2.0)
-    return [m for m in wanted if m != own and (case.cnn or m not in CNN_ONLY)]
+    return [m for m in wanted if m != own and (m not in (SHALLOW_ONLY if case.cnn else CNN_ONLY))]
 
 
 def run_once(case: Case, method: str, x: torch.Tensor, args, cnnvis_lr: float | None) -> dict:
     """One timed inversion of the batch ``x``: its tracker, net times, final errors, back-offs,
     iterations and counted passes."""
     tracker, rep = Tracker(), case.rep_for(method)
-    with tracking(tracker), counting_passes(rep) as passes, warnings.catch_warnings():
+    plain = compiled.disabled() if method in TODAY.values() else nullcontext()
+    with plain, tracking(tracker), counting_passes(rep) as passes, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tracker.start()
         if method.startswith("cnnvis"):
@@ -318,7 +327,7 @@ def run_once(case: Case, method: str, x: torch.Tensor, args, cnnvis_lr: float | 
 def method_options(method: str, args) -> dict:
     """``invert`` keyword arguments of a preimage method."""
     its = {"iterations": args.iterations} if args.iterations else {}
-    if method in ("paper", "paper-nchw"):
+    if method in ("paper", "paper-nchw", "paper-torch"):
         return dict(its, method="paper")
     if method == "default":
         return its
@@ -436,8 +445,9 @@ def throughput(rows: list[dict]) -> list[dict]:
 
 def against_today(rows: list[dict]) -> list[dict]:
     """Per (case, batch, method): images per second (whole run, and to the reference) over
-    ``paper-nchw``'s (today's default) in the same (case, batch)."""
-    today = {(r["rep"], r["batch"]): r for r in rows if r["method"] == "paper-nchw" and "error" not in r}
+    today's default's (``paper-nchw`` on CNN layers, ``paper-torch`` on HOG/DSIFT) in the same
+    (case, batch)."""
+    today = {(r["rep"], r["batch"]): r for r in rows if r["method"] in TODAY.values() and "error" not in r}
     out = []
     for r in rows:
         t = today.get((r["rep"], r["batch"]))
@@ -608,10 +618,11 @@ def throughput_lines(items: list[dict]) -> list[str]:
 
 
 def today_lines(items: list[dict]) -> list[str]:
-    """Every method against ``paper-nchw`` (today's default) at the same batch."""
+    """Every method against today's default (``paper-nchw``, ``paper-torch``) at the same batch."""
     if not items:
         return []
-    lines = ["", "Images per second against today's default (`paper-nchw`) at the same batch, for the whole "
+    lines = ["", "Images per second against today's default (`paper-nchw` on CNN layers, `paper-torch` on "
+             "HOG/DSIFT) at the same batch, for the whole "
              "run and to the reference error (“—”: not every image reached it):", "",
              "| representation | batch | method | images / s | × today | images / s to reference | × today |",
              "|---|---|---|---|---|---|---|"]

@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import compiled
 from .errors import InvalidTargetError
 
 from .paper import (HEURISTIC_A, HEURISTIC_B, LAMBDA_ALPHA, LAMBDA_TV, REFERENCE_SHAPE,
@@ -76,22 +77,88 @@ def default_lambdas(shape: Sequence[int], alpha: float = 6.0, beta: float = 2.0,
     return float(lam_alpha), float(lam_tv)
 
 
+def _compiled_for(u: torch.Tensor):
+    """The priors' compiled loops (:mod:`preimage.objective_numba`) when ``u`` is a CPU
+    float32/float64 tensor and they are available (:mod:`preimage.compiled`); else ``None``."""
+    if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
+        return None
+    return compiled.load("objective_numba")
+
+
+def _compiled_value(kernel, u: torch.Tensor, rows: bool = True) -> torch.Tensor:
+    """``(N,)`` per-sample values of a compiled prior of ``u`` ``(N, ...)``, in ``u``'s dtype."""
+    out = torch.empty(u.shape[0], dtype=torch.float64)
+    arr = u.detach().contiguous().numpy()
+    kernel(arr.reshape(u.shape[0], -1) if rows else arr, out.numpy())
+    return out.to(u.dtype)
+
+
+def _compiled_grad(kernel, u: torch.Tensor, grad: torch.Tensor, rows: bool = True) -> torch.Tensor:
+    """The gradient ``(N, ...)`` of a compiled prior of the saved ``u``, scaled per sample by
+    ``grad`` ``(N,)``."""
+    out = torch.empty_like(u)
+    arr, g = u.numpy(), out.numpy()
+    scale = grad.detach().to(u.dtype).contiguous().numpy()
+    kernel(arr.reshape(u.shape[0], -1) if rows else arr, scale, g.reshape(u.shape[0], -1) if rows else g)
+    return out
+
+
 class _SixthPower(torch.autograd.Function):
     """Σ u⁶ per sample, ``(N, ...)`` → ``(N,)``, in multiplications with a written-out backward
-    (6u⁵): on CPU ``pow`` goes through a general power routine, several times slower per element."""
+    (6u⁵): on CPU ``pow`` goes through a general power routine, several times slower per element;
+    with numba, one compiled pass each way."""
 
     @staticmethod
     def forward(ctx, u):
-        ctx.save_for_backward(u)
+        kernels = _compiled_for(u)
+        if kernels is not None:
+            u = u.detach().contiguous()
+            ctx.save_for_backward(u, None)
+            return _compiled_value(kernels.sixth_power, u)
         u2 = u * u
-        return u2.mul_(u2).mul_(u * u).flatten(1).sum(1)
+        u4 = u2 * u2
+        ctx.save_for_backward(u, u4)
+        return torch.linalg.vecdot(u4.flatten(1), u2.flatten(1))
 
     @staticmethod
     def backward(ctx, grad):
-        (u,) = ctx.saved_tensors
-        u2 = u * u
-        g = u2.mul_(u2).mul_(u).mul_(grad.view((-1,) + (1,) * (u.dim() - 1)) * 6)
-        return g
+        u, u4 = ctx.saved_tensors
+        if u4 is None:
+            return _compiled_grad(compiled.load("objective_numba", force=True).sixth_power_grad, u, grad)
+        return u4.mul(u).mul_(grad.view((-1,) + (1,) * (u.dim() - 1)) * 6)
+
+
+class _SquaredVariation(torch.autograd.Function):
+    """TV² per sample, ``(N, C, H, W)`` → ``(N,)``: Σ (forward differences)² along W and H, the
+    last row/column adding nothing; the backward pass is written out (the divergence of the
+    differences, ``2·(Dₓᵀdx + D_yᵀdy)``) instead of autograd's four zero-padded slice gradients."""
+
+    @staticmethod
+    def forward(ctx, u):
+        kernels = _compiled_for(u) if u.dim() == 4 else None
+        if kernels is not None:
+            u = u.detach().contiguous()
+            ctx.save_for_backward(u, None)
+            return _compiled_value(kernels.squared_variation, u, rows=False)
+        dx = u[..., :, 1:] - u[..., :, :-1]
+        dy = u[..., 1:, :] - u[..., :-1, :]
+        ctx.save_for_backward(dx, dy)
+        return torch.linalg.vecdot(dx.flatten(1), dx.flatten(1)) + torch.linalg.vecdot(dy.flatten(1), dy.flatten(1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx, dy = ctx.saved_tensors
+        if dy is None:  # dx is u: the compiled loops
+            return _compiled_grad(compiled.load("objective_numba", force=True).squared_variation_grad, dx, grad,
+                                  rows=False)
+        g = grad.view((-1,) + (1,) * (dx.dim() - 1)) * 2
+        dx, dy = dx * g, dy * g
+        out = dx.new_zeros(dx.shape[:-1] + (dx.shape[-1] + 1,))
+        out[..., :, 1:] = dx
+        out[..., :, :-1] -= dx
+        out[..., 1:, :] += dy
+        out[..., :-1, :] -= dy
+        return out
 
 
 def alpha_norm(u: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
@@ -111,9 +178,7 @@ def total_variation(u: torch.Tensor, beta: float = 2.0, eps: float = 1e-12) -> t
     authors' code does. For β < 2 a tiny ``eps`` inside the power keeps the gradient finite at 0.
     """
     if beta == 2.0:  # the squares add up: no padded copies (equal up to float rounding)
-        dx = u[..., :, 1:] - u[..., :, :-1]
-        dy = u[..., 1:, :] - u[..., :-1, :]
-        return (dx * dx).flatten(1).sum(1) + (dy * dy).flatten(1).sum(1)
+        return _SquaredVariation.apply(u)
     dx = torch.zeros_like(u)
     dy = torch.zeros_like(u)
     dx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]

@@ -130,7 +130,7 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     rows = result["rows"]
     assert all("error" not in r for r in rows)
     got = {(r["rep"], r["batch"], r["method"]) for r in rows}
-    hog = {"paper", "default", "adam", "lbfgs", "early"}  # momentum is HOG's default
+    hog = {"paper", "paper-torch", "default", "adam", "lbfgs", "early"}  # momentum is HOG's default
     cnn = {"paper", "paper-nchw", "default", "exact", "momentum", "adam", "early", "cnnvis", "cnnvis-best"}  # lbfgs: the default
     assert got == {("hog", b, m) for b in (1, 2) for m in hog} | {("mobilenet_v2:conv1", b, m)
                                                                   for b in (1, 2) for m in cnn}
@@ -147,15 +147,19 @@ def test_quick_run(tq, shared, tmp_path, capsys):
     case = {c["rep"]: c for c in result["cases"]}["mobilenet_v2:conv1"]
     assert case["flops_per_pass"] > 1e7 and case["cnnvis_best"]["chosen"] in cv.BEST_RATES
     assert len(result["throughput"]) == len(hog) + len(cnn)
-    today = {(t["batch"], t["method"]): t for t in result["against_today"]}
-    assert set(today) == {(b, m) for b in (1, 2) for m in cnn} and today[(1, "paper-nchw")]["ratio"] == 1.0
-    nchw = {r["batch"]: r for r in cnn_rows if r["method"] == "paper-nchw"}
-    paper = {r["batch"]: r for r in cnn_rows if r["method"] == "paper"}
-    for b in (1, 2):  # the same algorithm: channels-last and chunks change only the rounding
-        assert nchw[b]["final_errors"] == pytest.approx(paper[b]["final_errors"], rel=1e-3)
+    today = {(t["rep"], t["batch"], t["method"]): t for t in result["against_today"]}
+    assert set(today) == ({("mobilenet_v2:conv1", b, m) for b in (1, 2) for m in cnn}
+                          | {("hog", b, m) for b in (1, 2) for m in hog})
+    assert today[("mobilenet_v2:conv1", 1, "paper-nchw")]["ratio"] == 1.0
+    assert today[("hog", 2, "paper-torch")]["ratio"] == 1.0
+    for rep, plain in (("mobilenet_v2:conv1", "paper-nchw"), ("hog", "paper-torch")):
+        old = {r["batch"]: r for r in rows if r["rep"] == rep and r["method"] == plain}
+        paper = {r["batch"]: r for r in rows if r["rep"] == rep and r["method"] == "paper"}
+        for b in (1, 2):  # the same algorithm: another execution changes only the rounding
+            assert old[b]["final_errors"] == pytest.approx(paper[b]["final_errors"], rel=1e-3)
     exact = {r["batch"]: r for r in cnn_rows if r["method"] == "exact"}
     default = {r["batch"]: r for r in cnn_rows if r["method"] == "default"}
     assert exact[2]["final_errors"] != default[2]["final_errors"]  # another gradient (no leak), another path
     md = out.with_suffix(".md").read_text()
-    assert md.count("\n| hog | ") == 2 * len(hog) + len(hog) and "cnnvis-best (lr" in md
+    assert md.count("\n| hog | ") == 2 * len(hog) + len(hog) + 2 * len(hog) and "cnnvis-best (lr" in md
     capsys.readouterr()

@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from helpers import eval_image_paths, seeded_noise, step_edge, vlfeat_hog
+from preimage import compiled
 from preimage.representations.glyph import hog_glyph
 from preimage.representations import get_representation
 from preimage.representations.hog import HOG
 
 TOL = 1e-5  # max |ours - VLFeat|
+
+#: The per-pixel stage's two forms (``HOG(kernel=...)``); the compiled one needs numba.
+KERNELS = ["torch", pytest.param("compiled", marks=pytest.mark.skipif(
+    not compiled.available(), reason="numba is not installed (the compiled HOG loops need it)"))]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,14 +121,15 @@ def test_validation():
 
 
 # ---------------------------------------------------------------------------- equality with VLFeat
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("grey", [True, False], ids=["grey", "colour"])
 @pytest.mark.parametrize("size", [(227, 227), (224, 224), "crop"], ids=["227", "224", "333x500"])
-def test_matches_vlfeat_real_images(size, grey):
+def test_matches_vlfeat_real_images(size, grey, kernel):
     worst = {}
     for path in _eval_paths(6):
         a = _load(path, size, grey)
         for name, hk, vk, nch in CONFIGS:
-            worst[name] = max(worst.get(name, 0.0), _compare(a, hk, vk, nch))
+            worst[name] = max(worst.get(name, 0.0), _compare(a, dict(hk, kernel=kernel), vk, nch))
     assert max(worst.values()) <= TOL, worst
 
 
@@ -266,12 +272,59 @@ def _smooth_input(C, H, W, seed):
                                 dict(variant="dalaltriggs")],
                          ids=["hog", "hogb", "hogb31", "dalaltriggs"])
 @pytest.mark.parametrize("C", [1, 3])
-def test_gradcheck(kw, C):
-    _gradcheck(HOG(**kw), C, 18, 17, fast_mode=True)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck(kw, C, kernel):
+    _gradcheck(HOG(kernel=kernel, **kw), C, 18, 17, fast_mode=True)
 
 
-def test_gradcheck_full_jacobian_hogb():
-    _gradcheck(HOG(bilinear=True, keep_texture=True), 1, 13, 12, fast_mode=False)
+@pytest.mark.parametrize("kw", [dict(), dict(bilinear=True)], ids=["hog", "hogb"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gradcheck_full_jacobian(kw, kernel):
+    _gradcheck(HOG(kernel=kernel, keep_texture=True, **kw), 1, 13, 12, fast_mode=False)
+    _gradcheck(HOG(kernel=kernel, **kw), 3, 11, 10, fast_mode=False)
+
+
+# ---------------------------------------------------------------------------- the compiled loops
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the compiled HOG loops need it)")
+@pytest.mark.parametrize("name, hk", [(c[0], c[1]) for c in CONFIGS], ids=[c[0] for c in CONFIGS])
+def test_compiled_equals_torch(name, hk):
+    """Codes and gradients of the compiled loops and of the torch form agree to float rounding, on
+    a batch of real images (grey and colour) and on noise outside 0–255."""
+    paths = _eval_paths(2)
+    grey = torch.stack([torch.from_numpy(_load(p, (67, 85), True))[None] for p in paths])
+    colour = torch.stack([torch.from_numpy(_load(p, (67, 85), False)).permute(2, 0, 1) for p in paths])
+    noise = seeded_noise((2, 3, 40, 33), 0, scale=400, offset=-50).float()
+    for x in (grey, colour, noise):
+        codes, grads = [], []
+        for kernel in ("torch", "compiled"):
+            xi = x.clone().requires_grad_(True)
+            code = HOG(kernel=kernel, **hk)(xi)
+            weight = torch.linspace(-1, 1, code.numel()).view_as(code)
+            (code * weight).sum().backward()
+            codes.append(code.detach())
+            grads.append(xi.grad)
+        assert (codes[0] - codes[1]).abs().max() <= 1e-6 * codes[0].abs().max().clamp_min(1)
+        assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the compiled HOG loops need it)")
+def test_compiled_switch():
+    """``kernel`` picks the form; ``compiled.disabled()`` turns "auto" to torch; a bad kernel is refused."""
+    x = torch.rand(1, 1, 24, 24, requires_grad=True) * 255
+
+    def backward_name(m):
+        return type(m(x).grad_fn).__name__
+
+    assert backward_name(HOG()) == "_CompiledUoCTTIBackward"
+    assert backward_name(HOG(keep_texture=True)) != "_CompiledUoCTTIBackward"
+    assert backward_name(HOG(kernel="torch")) == "_ClampedBlocksBackward"
+    with compiled.disabled():
+        assert not compiled.enabled()
+        assert backward_name(HOG()) == "_ClampedBlocksBackward"
+        assert backward_name(HOG(kernel="compiled")) == "_CompiledUoCTTIBackward"  # asked for by name
+    assert compiled.enabled()
+    with pytest.raises(ValueError, match="kernel"):
+        HOG(kernel="cuda")
 
 
 def _gradcheck(m, C, H, W, fast_mode):

@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import pytest
@@ -7,6 +8,7 @@ from preimage.errors import InvalidTargetError
 from preimage.paper import LAMBDA_ALPHA as PAPER_LAMBDA_ALPHA
 from preimage.paper import SIGMA_REFERENCE
 from preimage.masks import central_window_mask
+from preimage import compiled
 from preimage.objective import (InversionObjective, alpha_norm, default_lambdas, heuristic_lambdas, natural_sigma,
                                 total_variation)
 from preimage.representations.base import Representation
@@ -47,6 +49,34 @@ def test_alpha_norm_and_tv_values():
     assert total_variation(u, 1.0).item() == pytest.approx(expected_b1, rel=1e-5)
     # summed over colour channels
     assert total_variation(u.repeat(1, 3, 1, 1), 2.0).item() == pytest.approx(3 * 62)
+
+
+@pytest.mark.parametrize("use_compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not compiled.available(), reason="numba is not installed (the compiled priors need it)"))],
+    ids=["torch", "compiled"])
+def test_priors_values_and_gradients(use_compiled):
+    """α⁶ and TV² (both forms): values against the plain formulas, float64 gradcheck with
+    per-sample weights, NaN propagating; the compiled and the torch forms agree."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 3, 9, 7, generator=g, dtype=torch.float64)
+    dx, dy = u[..., :, 1:] - u[..., :, :-1], u[..., 1:, :] - u[..., :-1, :]
+    weight = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    with (contextlib.nullcontext() if use_compiled else compiled.disabled()):
+        assert torch.allclose(alpha_norm(u), u.pow(6).flatten(1).sum(1), rtol=1e-12)
+        assert torch.allclose(total_variation(u), dx.pow(2).flatten(1).sum(1) + dy.pow(2).flatten(1).sum(1),
+                              rtol=1e-12)
+        for prior in (alpha_norm, total_variation):
+            assert torch.autograd.gradcheck(lambda v: prior(v) * weight, (u.clone().requires_grad_(),))
+        v = u.float().requires_grad_()
+        (alpha_norm(v) * weight.float() + total_variation(v)).sum().backward()
+        nan = u.clone()
+        nan[1, 0, 2, 2] = float("nan")
+        assert torch.isnan(alpha_norm(nan))[1] and torch.isnan(total_variation(nan))[1]
+        assert torch.isfinite(alpha_norm(nan)[[0, 2]]).all()
+    with compiled.disabled():
+        w = u.float().requires_grad_()
+        (alpha_norm(w) * weight.float() + total_variation(w)).sum().backward()
+    assert torch.allclose(v.grad, w.grad, rtol=1e-5, atol=1e-5 * float(w.grad.abs().max()))
 
 
 def test_tv_beta1_gradient_is_finite_on_flat_image():

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import compiled
 from .base import Representation
 from .glyph import hog_glyph
 
@@ -113,6 +114,9 @@ class _Layout:
         cy, wy = _axis_weights(height, cell)
         cx, wx = _axis_weights(width, cell)
         self._pixel = torch.as_tensor(((cy[:, None] + 1) * (w + 2) + cx[None, :] + 1).reshape(-1), device=device)
+        self.first_y, self.first_x = cy + 1, cx + 1  # numpy int64: first cells in the padded grid
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        self.axis_y, self.axis_x = wy.astype(np_dtype), wx.astype(np_dtype)  # (2, H−2), (2, W−2)
         self.weights = torch.as_tensor((wy[:, None, :, None] * wx[None, :, None, :]).reshape(4, height - 2, width - 2),
                                        dtype=dtype, device=device)
         ang = np.arange(n) * math.pi / n
@@ -315,6 +319,100 @@ class _CellHistograms(torch.autograd.Function):
         return grad, None, None, None
 
 
+def compiled_kernels(force: bool = False):
+    """The compiled per-pixel loops (:mod:`preimage.representations.hog_numba`), or ``None``
+    when numba is not installed or the loops are switched off (:mod:`preimage.compiled`; unless
+    ``force``)."""
+    return compiled.load("representations.hog_numba", force=force)
+
+
+KERNELS = ("auto", "compiled", "torch")
+
+
+def _kernel_arrays(n: int, lay: _Layout):
+    """The per-size arrays the compiled loops read: ``cos``, ``sin`` ``(n,)``, ``consts`` (n/π,
+    1e-10), the first cells and the bilinear weights along y and x (numpy, the layout's dtype)."""
+    consts = np.array([n / math.pi, 1e-10], dtype=lay.axis_y.dtype)
+    cos, sin = lay.directed[0, :n].contiguous().numpy(), lay.directed[1, :n].contiguous().numpy()
+    return cos, sin, consts, lay.first_y, lay.first_x, lay.axis_y, lay.axis_x
+
+
+def _compiled_cells(x: torch.Tensor, n: int, bilinear: bool, lay: _Layout):
+    """``(cells, assign, w1)``: the padded directed cell histograms ``(B, 2n, h+2, w+2)`` of ``x``
+    ``(B, C, H, W)`` (contiguous, CPU), zero on the padding, and each pixel's assignment for
+    :func:`_compiled_cells_backward` (numpy arrays)."""
+    B, _, H, W = x.shape
+    cells = torch.zeros((B, 2 * n, lay.h + 2, lay.w + 2), dtype=x.dtype)
+    assign = np.empty((3, B, H - 2, W - 2), np.int16)
+    w1 = np.empty((B, H - 2, W - 2) if bilinear else (1, 1, 1), lay.axis_y.dtype)
+    compiled_kernels(force=True).cells_forward(x.numpy(), *_kernel_arrays(n, lay), bilinear, cells.numpy(), assign, w1)
+    return cells, assign, w1
+
+
+def _compiled_cells_backward(x: torch.Tensor, n: int, bilinear: bool, lay: _Layout, assign, w1,
+                             grad_cells: torch.Tensor) -> torch.Tensor:
+    """d loss / d ``x`` ``(B, C, H, W)`` from d loss / d the padded cells ``(B, 2n, h+2, w+2)``
+    (contiguous; zero on the padding)."""
+    grad = torch.zeros_like(x)
+    consts, first_y, first_x, wy, wx = _kernel_arrays(n, lay)[2:]
+    compiled_kernels(force=True).cells_backward(x.numpy(), consts, first_y, first_x, wy, wx, bilinear, assign, w1,
+                                                grad_cells.numpy(), grad.numpy())
+    return grad
+
+
+class _CompiledCellHistograms(torch.autograd.Function):
+    """:class:`_CellHistograms` computed by the compiled loops of
+    :mod:`~preimage.representations.hog_numba` (CPU, float32/float64): the same directed cell
+    histograms ``(B, 2n, h, w)`` from ``x`` ``(B, C, H, W)``, in one pass over the pixels each
+    way; the backward pass recomputes the gradients from ``x`` and reads the kept assignments."""
+
+    @staticmethod
+    def forward(ctx, x, n: int, bilinear: bool, lay: _Layout):
+        x = x.detach().contiguous()
+        cells, ctx.assign, ctx.w1 = _compiled_cells(x, n, bilinear, lay)
+        ctx.n, ctx.bilinear, ctx.lay = n, bilinear, lay
+        ctx.save_for_backward(x)
+        return cells[:, :, 1:-1, 1:-1].contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_cells):
+        (x,) = ctx.saved_tensors
+        lay = ctx.lay
+        padded = torch.zeros((x.shape[0], 2 * ctx.n, lay.h + 2, lay.w + 2), dtype=x.dtype)
+        padded[:, :, 1:-1, 1:-1] = grad_cells
+        grad = _compiled_cells_backward(x, ctx.n, ctx.bilinear, lay, ctx.assign, ctx.w1, padded)
+        return grad, None, None, None
+
+
+class _CompiledUoCTTI(torch.autograd.Function):
+    """The paper's HOG (UoCTTI without texture), image ``(B, C, H, W)`` → code ``(B, 3n, h, w)``,
+    wholly in the compiled loops: the cell histograms, then the block normalisation and the 0.2
+    clamp (:func:`~preimage.representations.hog_numba.uoctti_forward`); keeps ``x``, the cells and
+    each pixel's assignment."""
+
+    @staticmethod
+    def forward(ctx, x, n: int, bilinear: bool, lay: _Layout):
+        x = x.detach().contiguous()
+        cells, ctx.assign, ctx.w1 = _compiled_cells(x, n, bilinear, lay)
+        norm = np.array([0.2, 0.5, 1e-4, 1.0], dtype=cells.numpy().dtype)
+        out = torch.empty((x.shape[0], 3 * n, lay.h, lay.w), dtype=x.dtype)
+        compiled_kernels(force=True).uoctti_forward(cells.numpy(), norm, out.numpy())
+        ctx.n, ctx.bilinear, ctx.lay, ctx.norm = n, bilinear, lay, norm
+        ctx.save_for_backward(x, cells)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, cells = ctx.saved_tensors
+        grad_cells = torch.zeros_like(cells)
+        compiled_kernels(force=True).uoctti_backward(cells.numpy(), ctx.norm, grad_out.contiguous().numpy(),
+                                           grad_cells.numpy())
+        grad = _compiled_cells_backward(x, ctx.n, ctx.bilinear, ctx.lay, ctx.assign, ctx.w1, grad_cells)
+        return grad, None, None, None
+
+
 class _ClampedBlocks(torch.autograd.Function):
     """UoCTTI's ``0.5·Σ_blocks min(0.2, f_b·h)``: ``h`` ``(B, D, h, w)``, block factors ``f``
     ``(B, 1, h+1, w+1)`` (block (i, j) covers cells i−1 … i, j−1 … j) → ``(B, D, h, w)``.
@@ -359,6 +457,11 @@ class HOG(Representation):
         variant: ``"uoctti"`` (D = 3n, or 3n + 4 with ``keep_texture``) or ``"dalaltriggs"`` (D = 4n).
         bilinear: bilinear orientation assignment (the paper's HOGb) instead of hard.
         keep_texture: UoCTTI only: keep VLFeat's 4 texture channels (the paper drops them).
+        kernel: how the per-pixel stage runs on CPU: ``"compiled"`` (numba's loops,
+            :mod:`~preimage.representations.hog_numba`; an ``ImportError`` here without numba),
+            ``"torch"`` (tensor operations, as on other devices), or ``"auto"`` (compiled when
+            numba is installed and :mod:`preimage.compiled` does not switch the loops off). The
+            codes agree to float rounding.
 
     ``h = (H + cell_size//2) // cell_size`` and ``w`` likewise. See the module docstring for the
     channel layout, the value ranges and the conventions.
@@ -369,8 +472,13 @@ class HOG(Representation):
     lr = 3e-3  # tuned on the train images (benchmarks/tune_lr.py)
 
     def __init__(self, cell_size: int = 8, num_orientations: int = 9, variant: str = "uoctti",
-                 bilinear: bool = False, keep_texture: bool = False):
+                 bilinear: bool = False, keep_texture: bool = False, kernel: str = "auto"):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"HOG kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "compiled" and compiled_kernels(force=True) is None:
+            raise ImportError("HOG(kernel='compiled') needs numba (pip install numba)")
+        self.kernel = kernel
         variant = str(variant).lower().replace("-", "").replace("_", "")
         if variant not in VARIANTS:
             raise ValueError(f"HOG variant must be one of {VARIANTS}, got {variant!r}")
@@ -418,7 +526,11 @@ class HOG(Representation):
         if not x.is_floating_point():
             raise ValueError(f"HOG expects a floating-point image batch, got {x.dtype}")
         if x.dtype not in (torch.float32, torch.float64):  # half precision: compute in float32
-            return self._normalise(self._histograms(x.float())).to(x.dtype)
+            return self.forward(x.float()).to(x.dtype)
+        if self.variant == "uoctti" and not self.keep_texture and self.uses_compiled(x):
+            H, W = x.shape[-2:]
+            return _CompiledUoCTTI.apply(x, self.num_orientations, self.bilinear,
+                                         self._layout(H, W, x.device, x.dtype))
         return self._normalise(self._histograms(x))
 
     def _histograms(self, x: torch.Tensor) -> torch.Tensor:
@@ -426,7 +538,16 @@ class HOG(Representation):
         B, C, H, W = x.shape
         lay = self._layout(H, W, x.device, x.dtype)
         x = x.contiguous()  # the per-pixel stage assumes the standard layout (no-op if already)
+        if self.uses_compiled(x):
+            return _CompiledCellHistograms.apply(x, self.num_orientations, self.bilinear, lay)
         return _CellHistograms.apply(x, self.num_orientations, self.bilinear, lay)
+
+    def uses_compiled(self, x: torch.Tensor) -> bool:
+        """Whether the per-pixel stage of ``x`` runs in the compiled loops: ``kernel`` "compiled",
+        or "auto" with numba installed and the loops on (:mod:`preimage.compiled`), on a CPU tensor
+        (float32/float64 after ``forward``'s cast)."""
+        return (self.kernel != "torch" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and compiled_kernels(force=self.kernel == "compiled") is not None)
 
     def _normalise(self, hd: torch.Tensor) -> torch.Tensor:
         """Directed cell histograms ``(B, 2n, h, w)`` → the code ``(B, D, h, w)``."""
