@@ -466,10 +466,23 @@ def against_today(rows: list[dict]) -> list[dict]:
 # The benchmark
 # ----------------------------------------------------------------------------------------------
 
+def warm_up(case: Case, methods: list[str], args) -> None:
+    """Two untimed iterations of every preimage method on one image, so that no timed run pays
+    for one-off work (numba compiling or loading its loops, first-call allocations)."""
+    for m in methods:
+        if m.startswith("cnnvis"):
+            continue
+        plain = compiled.disabled() if m in TODAY.values() else nullcontext()
+        with plain, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            invert(case.rep_for(m), case.images[:1], progress=False, **dict(method_options(m, args), iterations=2))
+
+
 def bench_case(case: Case, methods: list[str], args, peak: float, basis: str, train_rgb) -> list[dict]:
     """Every batch size and method on one case: rows, the paper's first."""
     case.info["flops_per_pass"] = flops_per_pass(case.rep, case.images.shape[1:])
     ms = methods_for(case, methods)
+    warm_up(case, ms, args)
     cnnvis_lr = None
     if "cnnvis-best" in ms:
         case.info["cnnvis_best"] = choose_cnnvis_rate(case, train_rgb, args)
