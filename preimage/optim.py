@@ -364,7 +364,7 @@ class Momentum(Stepper):
         with torch.no_grad():
             for t, v in zip(self.variables, self.v):
                 rows_v = _rows(v, self.n)
-                rows_v.mul_(self.momentum).sub_((self.lr_b * self.factor) * t.grad.reshape(self.n, -1))
+                rows_v.mul_(self.momentum).addcmul_(t.grad.reshape(self.n, -1), self.lr_b * self.factor, value=-1)
                 _rows(t, self.n).add_(rows_v)
         return closure.terms
 

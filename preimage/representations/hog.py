@@ -331,10 +331,13 @@ KERNELS = ("auto", "compiled", "torch")
 
 def _kernel_arrays(n: int, lay: _Layout):
     """The per-size arrays the compiled loops read: ``cos``, ``sin`` ``(n,)``, ``consts`` (n/π,
-    1e-10), the first cells and the bilinear weights along y and x (numpy, the layout's dtype)."""
-    consts = np.array([n / math.pi, 1e-10], dtype=lay.axis_y.dtype)
-    cos, sin = lay.directed[0, :n].contiguous().numpy(), lay.directed[1, :n].contiguous().numpy()
-    return cos, sin, consts, lay.first_y, lay.first_x, lay.axis_y, lay.axis_x
+    1e-10), the first cells and the bilinear weights along y and x (numpy, the layout's dtype;
+    made once per layout)."""
+    if getattr(lay, "kernel_arrays", None) is None:
+        consts = np.array([n / math.pi, 1e-10], dtype=lay.axis_y.dtype)
+        cos, sin = lay.directed[0, :n].contiguous().numpy(), lay.directed[1, :n].contiguous().numpy()
+        lay.kernel_arrays = (cos, sin, consts, lay.first_y, lay.first_x, lay.axis_y, lay.axis_x)
+    return lay.kernel_arrays
 
 
 def _compiled_cells(x: torch.Tensor, n: int, bilinear: bool, lay: _Layout):

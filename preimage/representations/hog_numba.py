@@ -122,26 +122,29 @@ def cells_forward(x, cos, sin, consts, first_y, first_x, wy, wx, bilinear, cells
     B, _, H, W = x.shape
     buf = np.zeros((5, W - 2), x.dtype)
     ibuf = np.zeros((5, W - 2), np.int32)
-    row = np.zeros((cells.shape[1], cells.shape[3]), x.dtype)
+    span = cells.shape[3]
+    flat = np.zeros(cells.shape[1] * span, x.dtype)  # row i's x-pooled histograms, (2n, w+2) flat
+    row = flat.reshape(cells.shape[1], span)
     one = consts[0] / consts[0]
     for b in range(B):
         for i in range(H - 2):
             _pixels_row(x, b, i + 1, cos, sin, consts, bilinear, buf, ibuf)
-            row[:] = 0
+            flat[:] = 0
             for j in range(W - 2):
-                rx, mag, w1, k = first_x[j], buf[2, j], buf[4, j], ibuf[2, j]
-                src = mag * (one - w1) if bilinear else mag
-                row[k, rx] += src * wx[0, j]
-                row[k, rx + 1] += src * wx[1, j]
+                mag, w1, k = buf[2, j], buf[4, j], ibuf[2, j]
+                src, at = (mag * (one - w1) if bilinear else mag), k * span + first_x[j]
+                flat[at] += src * wx[0, j]
+                flat[at + 1] += src * wx[1, j]
                 assign[0, b, i, j] = k
                 if bilinear:
                     src, k = mag * w1, ibuf[3, j]
-                    row[k, rx] += src * wx[0, j]
-                    row[k, rx + 1] += src * wx[1, j]
+                    at = k * span + first_x[j]
+                    flat[at] += src * wx[0, j]
+                    flat[at + 1] += src * wx[1, j]
                     assign[1, b, i, j], assign[2, b, i, j], w1s[b, i, j] = k, ibuf[4, j], w1
             ry = first_y[i]
             for k in range(row.shape[0]):
-                for c in range(row.shape[1]):
+                for c in range(span):
                     cells[b, k, ry, c] += row[k, c] * wy[0, i]
                     cells[b, k, ry + 1, c] += row[k, c] * wy[1, i]
 
@@ -153,7 +156,9 @@ def cells_backward(x, consts, first_y, first_x, wy, wx, bilinear, assign, w1s, c
     B, C, H, W = x.shape
     buf = np.zeros((5, W - 2), x.dtype)
     ibuf = np.zeros((1, W - 2), np.int32)
-    row = np.zeros((cells.shape[1], cells.shape[3]), x.dtype)
+    span = cells.shape[3]
+    flat = np.zeros(cells.shape[1] * span, x.dtype)  # (2n, w+2) flat
+    row = flat.reshape(cells.shape[1], span)
     zero = consts[0] - consts[0]
     one = consts[0] / consts[0]
     for b in range(B):
@@ -170,12 +175,12 @@ def cells_backward(x, consts, first_y, first_x, wy, wx, bilinear, assign, w1s, c
                 gx, gy, mag = buf[0, j], buf[1, j], math.sqrt(buf[2, j])
                 if not mag > zero:
                     continue  # no gradient: no derivative (as the torch version)
-                rx, k = first_x[j], assign[0, b, i, j]
-                g0 = row[k, rx] * wx[0, j] + row[k, rx + 1] * wx[1, j]
+                at = assign[0, b, i, j] * span + first_x[j]
+                g0 = flat[at] * wx[0, j] + flat[at + 1] * wx[1, j]
                 inv = one / mag
                 if bilinear:
-                    k = assign[1, b, i, j]
-                    diff = row[k, rx] * wx[0, j] + row[k, rx + 1] * wx[1, j] - g0
+                    at = assign[1, b, i, j] * span + first_x[j]
+                    diff = flat[at] * wx[0, j] + flat[at + 1] * wx[1, j] - g0
                     a = (g0 + w1s[b, i, j] * diff) * inv
                     rot = diff * (consts[0] if assign[2, b, i, j] else -consts[0]) * inv  # d loss/d angle / |g|
                     ggx, ggy = a * gx - rot * gy, a * gy + rot * gx
