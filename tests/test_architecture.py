@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: Bottom to top: a module may import from its own layer and those below it. A module belongs to
 #: the layer of the longest prefix naming it (``preimage.io`` covers ``preimage.io.images``).
 LAYERS: list[tuple[str, ...]] = [
-    ("preimage.errors", "preimage.paper", "preimage.version"),
+    ("preimage.errors", "preimage.paper", "preimage.version", "preimage.compiled"),
     ("preimage.data", "preimage.io"),
     ("preimage.objective", "preimage.masks", "preimage.metrics", "preimage.image_metrics", "preimage.params",
-     "preimage.transforms", "preimage.objectives"),
+     "preimage.transforms", "preimage.objectives", "preimage.objective_numba"),
     ("preimage.optim",),
     ("preimage.models",),
     ("preimage.representations",),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -325,6 +328,11 @@ def test_compiled_switch():
     assert compiled.enabled()
     with pytest.raises(ValueError, match="kernel"):
         HOG(kernel="cuda")
+    probe = ("from preimage import compiled; from preimage.representations.hog import HOG; import torch; "
+             "print(compiled.enabled(), type(HOG()(torch.rand(1, 1, 24, 24, requires_grad=True)).grad_fn).__name__)")
+    env = dict(os.environ, PREIMAGE_COMPILED="0")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "_ClampedBlocksBackward"]
 
 
 def _gradcheck(m, C, H, W, fast_mode):

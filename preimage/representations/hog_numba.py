@@ -195,23 +195,25 @@ def cells_backward(x, consts, first_y, first_x, wy, wx, bilinear, assign, w1s, c
 
 
 @numba.njit(cache=True, nogil=True)
-def _block_factors(cells, b, n, norm, f):
-    """UoCTTI's block factors of sample ``b``: ``f`` ``(h+1, w+1)``, block (i, j) covering cells
-    i−1 … i, j−1 … j, ``1/√(Σ ‖h_u‖² + 1e-4)`` with the cell norms replicated beyond the border
+def _block_factors(cells, b, n, norm, cn, f):
+    """UoCTTI's block factors of sample ``b``: the cell norms ``cn`` ``(h, w)`` (‖h_u‖², h_u the
+    undirected histogram) and ``f`` ``(h+1, w+1)``, block (i, j) covering cells i−1 … i,
+    j−1 … j, ``1/√(Σ cn + 1e-4)`` with the cell norms replicated beyond the border
     (``norm[2]`` = 1e-4, ``norm[3]`` = 1)."""
-    h, w = cells.shape[2] - 2, cells.shape[3] - 2
+    h, w = cn.shape
     eps, one = norm[2], norm[3]
-    for i in range(h + 1):
-        for j in range(w + 1):
+    for i in range(h):
+        for j in range(w):
             total = eps - eps
-            for a in range(2):
-                ci = min(max(i - 1 + a, 0), h - 1) + 1
-                for c in range(2):
-                    cj = min(max(j - 1 + c, 0), w - 1) + 1
-                    for k in range(n):
-                        u = cells[b, k, ci, cj] + cells[b, k + n, ci, cj]
-                        total += u * u
-            f[i, j] = one / math.sqrt(total + eps)
+            for k in range(n):
+                u = cells[b, k, i + 1, j + 1] + cells[b, k + n, i + 1, j + 1]
+                total += u * u
+            cn[i, j] = total
+    for i in range(h + 1):
+        i0, i1 = max(i - 1, 0), min(i, h - 1)
+        for j in range(w + 1):
+            j0, j1 = max(j - 1, 0), min(j, w - 1)
+            f[i, j] = one / math.sqrt(cn[i0, j0] + cn[i0, j1] + cn[i1, j0] + cn[i1, j1] + eps)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -222,9 +224,10 @@ def uoctti_forward(cells, norm, out):
     B, n2 = cells.shape[0], cells.shape[1]
     n, h, w = n2 // 2, cells.shape[2] - 2, cells.shape[3] - 2
     f = np.empty((h + 1, w + 1), cells.dtype)
+    cn = np.empty((h, w), cells.dtype)
     cap, half = norm[0], norm[1]
     for b in range(B):
-        _block_factors(cells, b, n, norm, f)
+        _block_factors(cells, b, n, norm, cn, f)
         for c in range(3 * n):
             for i in range(h):
                 for j in range(w):
@@ -243,45 +246,56 @@ def uoctti_backward(cells, norm, grad_out, grad_cells):
     n, h, w = n2 // 2, cells.shape[2] - 2, cells.shape[3] - 2
     f = np.empty((h + 1, w + 1), cells.dtype)
     gf = np.empty((h + 1, w + 1), cells.dtype)
+    part = np.empty((4, h, w), cells.dtype)  # d loss / d f of each cell's UL, UR, LL, LR block
+    cn = np.empty((h, w), cells.dtype)
+    gcn = np.empty((h, w), cells.dtype)
     cap, half = norm[0], norm[1]
     for b in range(B):
-        _block_factors(cells, b, n, norm, f)
-        gf[:] = 0
-        for i in range(h):
-            for j in range(w):
-                f00, f01, f10, f11 = f[i, j], f[i, j + 1], f[i + 1, j], f[i + 1, j + 1]
-                zero = f00 - f00
-                s00, s01, s10, s11 = zero, zero, zero, zero  # Σ_c over the clamp-passing g·h
-                for c in range(3 * n):
-                    v = cells[b, c, i + 1, j + 1] if c < n2 else (cells[b, c - n2, i + 1, j + 1]
-                                                                 + cells[b, c - n, i + 1, j + 1])
+        _block_factors(cells, b, n, norm, cn, f)
+        part[:] = 0
+        for c in range(3 * n):  # channel c reads directed bin lo (and, undirected, bin hi too)
+            lo, hi = (c, c) if c < n2 else (c - n2, c - n)
+            for i in range(h):
+                for j in range(w):  # no dependence between the j's: vectorisable
+                    v = cells[b, lo, i + 1, j + 1]
+                    if c >= n2:
+                        v += cells[b, hi, i + 1, j + 1]
                     g = grad_out[b, c, i, j] * half
+                    zero = g - g
+                    f00, f01, f10, f11 = f[i, j], f[i, j + 1], f[i + 1, j], f[i + 1, j + 1]
                     p00, p01, p10, p11 = f00 * v <= cap, f01 * v <= cap, f10 * v <= cap, f11 * v <= cap
                     gv = ((f00 if p00 else zero) + (f01 if p01 else zero) + (f10 if p10 else zero)
                           + (f11 if p11 else zero)) * g
                     gvv = g * v
-                    s00 += gvv if p00 else zero
-                    s01 += gvv if p01 else zero
-                    s10 += gvv if p10 else zero
-                    s11 += gvv if p11 else zero
-                    if c < n2:
-                        grad_cells[b, c, i + 1, j + 1] += gv
-                    else:
-                        grad_cells[b, c - n2, i + 1, j + 1] += gv
-                        grad_cells[b, c - n, i + 1, j + 1] += gv
-                gf[i, j] += s00
-                gf[i, j + 1] += s01
-                gf[i + 1, j] += s10
-                gf[i + 1, j + 1] += s11
-        # f = (s + 1e-4)^(-1/2): d f / d s = -f³/2; s sums the replicated cell norms of 4 cells
+                    part[0, i, j] += gvv if p00 else zero
+                    part[1, i, j] += gvv if p01 else zero
+                    part[2, i, j] += gvv if p10 else zero
+                    part[3, i, j] += gvv if p11 else zero
+                    grad_cells[b, lo, i + 1, j + 1] += gv
+                    if c >= n2:
+                        grad_cells[b, hi, i + 1, j + 1] += gv
+        gf[:] = 0
+        for i in range(h):
+            for j in range(w):
+                gf[i, j] += part[0, i, j]
+                gf[i, j + 1] += part[1, i, j]
+                gf[i + 1, j] += part[2, i, j]
+                gf[i + 1, j + 1] += part[3, i, j]
+        # f = (s + 1e-4)^(-1/2): d f / d s = -f³/2; s sums the replicated norms of 4 cells
+        gcn[:] = 0
         for i in range(h + 1):
+            i0, i1 = max(i - 1, 0), min(i, h - 1)
             for j in range(w + 1):
+                j0, j1 = max(j - 1, 0), min(j, w - 1)
                 gs = -gf[i, j] * f[i, j] * f[i, j] * f[i, j] * half
-                for a in range(2):
-                    ci = min(max(i - 1 + a, 0), h - 1) + 1
-                    for d in range(2):
-                        cj = min(max(j - 1 + d, 0), w - 1) + 1
-                        for k in range(n):
-                            u = cells[b, k, ci, cj] + cells[b, k + n, ci, cj]
-                            grad_cells[b, k, ci, cj] += (u + u) * gs
-                            grad_cells[b, k + n, ci, cj] += (u + u) * gs
+                gcn[i0, j0] += gs
+                gcn[i0, j1] += gs
+                gcn[i1, j0] += gs
+                gcn[i1, j1] += gs
+        for i in range(h):  # cn = Σ_k (h_k + h_{k+n})²
+            for j in range(w):
+                g2 = gcn[i, j] + gcn[i, j]
+                for k in range(n):
+                    u = cells[b, k, i + 1, j + 1] + cells[b, k + n, i + 1, j + 1]
+                    grad_cells[b, k, i + 1, j + 1] += u * g2
+                    grad_cells[b, k + n, i + 1, j + 1] += u * g2
