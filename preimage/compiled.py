@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from contextlib import contextmanager
 from types import ModuleType
 
 _enabled = os.environ.get("PREIMAGE_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 _modules: dict[str, ModuleType | None] = {}
+#: What each module of loops is and how long compiling it takes (this 2-core machine), for the line
+#: printed when it is compiled for the first time.
+LABELS = {"representations.hog_numba": ("HOG's CPU loops", "10–20 s"),
+          "objective_numba": ("the priors' CPU loops", "a few seconds")}
 
 
 def available() -> bool:
@@ -46,7 +51,24 @@ def load(name: str, force: bool = False) -> ModuleType | None:
             _modules[name] = importlib.import_module(f"preimage.{name}")
         except ImportError:
             _modules[name] = None
+        else:
+            _announce(_modules[name], *LABELS.get(name, (name, "seconds")))
     return _modules[name]
+
+
+def _announce(module: ModuleType, label: str, takes: str) -> None:
+    """One line on stderr when a public loop of ``module`` is not in numba's on-disk cache yet
+    (its first use on this machine compiles it: seconds, not milliseconds)."""
+    try:
+        from numba.core.registry import CPUDispatcher
+
+        paths = [f._cache._cache_file._index_path for k, f in vars(module).items()
+                 if isinstance(f, CPUDispatcher) and not k.startswith("_")]
+    except Exception:  # numba's internals moved: say nothing rather than fail
+        return
+    if any(not os.path.exists(p) for p in paths):
+        print(f"preimage: compiling {label} with numba (first use on this machine, {takes}; cached after)",
+              file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -1,5 +1,8 @@
 import contextlib
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -77,6 +80,19 @@ def test_priors_values_and_gradients(use_compiled):
         w = u.float().requires_grad_()
         (alpha_norm(w) * weight.float() + total_variation(w)).sum().backward()
     assert torch.allclose(v.grad, w.grad, rtol=1e-5, atol=1e-5 * float(w.grad.abs().max()))
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the compiled priors need it)")
+def test_first_compile_is_announced_once(tmp_path):
+    """A machine without numba's cached loops hears that they are being compiled; the next process
+    (cache on disk) does not."""
+    probe = ("import torch; from preimage.objective import alpha_norm, total_variation; "
+             "u = torch.rand(1, 1, 8, 8, requires_grad=True); (alpha_norm(u) + total_variation(u)).sum().backward()")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert runs[0].stderr.count("preimage: compiling the priors' CPU loops with numba") == 1
+    assert "compiling" not in runs[1].stderr
 
 
 def test_tv_beta1_gradient_is_finite_on_flat_image():
