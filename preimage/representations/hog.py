@@ -51,11 +51,16 @@ backward).
 
 Speed
 -----
-The inverter runs ~800 forward+backward passes per image, so the per-pixel work is lean and
-batched, with no Python loop over pixels or cells: the orientation bin is found from ``atan2``
-and confirmed with VLFeat's exact projections of the two candidate bins; the magnitudes are
-scatter-added into the two cells of their row (x pooling; backward is a gather); y pooling is one
-``(h, H−2)`` matrix product. Index and weight tables are cached per size, device and dtype.
+The inverter runs ~800 forward+backward passes per image. On CPU tensors, with numba installed,
+the per-pixel stage — and, for the paper's HOG/HOGb (UoCTTI without texture), the block
+normalisation too — runs as compiled loops (:mod:`.hog_numba`, ``kernel="auto"``): one pass over
+the pixels each way, the orientation decided by VLFeat's own loop over the orientations, each
+pixel's assignment kept for the backward pass. Elsewhere (CUDA, ``kernel="torch"``,
+``PREIMAGE_COMPILED=0``) it is batched tensor operations with no Python loop over pixels or
+cells: the orientation bin is found from ``atan2`` and confirmed with VLFeat's exact projections
+of the two candidate bins, and the magnitudes are scatter-added into the four cells around each
+pixel (the backward pass gathers). Both forms agree to float rounding. Index and weight tables
+are cached per size, device and dtype.
 """
 
 from __future__ import annotations
