@@ -95,6 +95,20 @@ def test_first_compile_is_announced_once(tmp_path):
     assert "compiling" not in runs[1].stderr
 
 
+def test_loops_that_fail_to_load_fall_back_to_torch(monkeypatch, capsys):
+    """Loops numba cannot set up (a broken install, no folder to cache in) leave the torch forms
+    and one line saying so; the priors still work."""
+    def broken(name):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(compiled.importlib, "import_module", broken)
+    monkeypatch.setattr(compiled, "_modules", {})
+    assert compiled.load("objective_numba") is None
+    assert "the priors' CPU loops are unavailable (RuntimeError" in capsys.readouterr().err
+    u = torch.rand(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: alpha_norm(v) + total_variation(v), (u,))
+
+
 def test_tv_beta1_gradient_is_finite_on_flat_image():
     u = torch.zeros(1, 1, 5, 5, requires_grad=True)
     total_variation(u, 1.0).sum().backward()
