@@ -20,12 +20,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Callable, Sequence
-
-import torch
 
 _enabled = os.environ.get("PREIMAGE_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 _modules: dict[str, ModuleType | None] = {}
@@ -77,29 +73,6 @@ def _announce(module: ModuleType, label: str, takes: str) -> None:
     if any(not os.path.exists(p) for p in paths):
         print(f"preimage: compiling {label} with numba (first use on this machine, {takes}; cached after)",
               file=sys.stderr, flush=True)
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def run_batched(loop: Callable, batch: int, args: Sequence, batched: Sequence[int]) -> None:
-    """``loop(*args)``, its samples split over ``torch.get_num_threads()`` threads (at most one per
-    sample): the arguments at positions ``batched`` are arrays whose first axis is the batch and
-    are sliced per thread; the loops release the GIL and write disjoint samples."""
-    global _pool
-    workers = min(torch.get_num_threads(), batch)
-    if workers <= 1:
-        loop(*args)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="preimage-loops")
-    cuts = [round(batch * k / workers) for k in range(workers + 1)]
-
-    def part(lo: int, hi: int) -> None:
-        loop(*(a[lo:hi] if i in batched else a for i, a in enumerate(args)))
-
-    for future in [_pool.submit(part, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]:
-        future.result()
 
 
 @contextmanager

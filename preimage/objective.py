@@ -89,7 +89,7 @@ def _compiled_value(kernel, u: torch.Tensor, rows: bool = True) -> torch.Tensor:
     """``(N,)`` per-sample values of a compiled prior of ``u`` ``(N, ...)``, in ``u``'s dtype."""
     out = torch.empty(u.shape[0], dtype=torch.float64)
     arr = u.detach().contiguous().numpy()
-    compiled.run_batched(kernel, u.shape[0], (arr.reshape(u.shape[0], -1) if rows else arr, out.numpy()), (0, 1))
+    kernel(arr.reshape(u.shape[0], -1) if rows else arr, out.numpy())
     return out.to(u.dtype)
 
 
@@ -99,8 +99,7 @@ def _compiled_grad(kernel, u: torch.Tensor, grad: torch.Tensor, rows: bool = Tru
     out = torch.empty_like(u)
     arr, g = u.numpy(), out.numpy()
     scale = grad.detach().to(u.dtype).contiguous().numpy()
-    args = (arr.reshape(u.shape[0], -1) if rows else arr, scale, g.reshape(u.shape[0], -1) if rows else g)
-    compiled.run_batched(kernel, u.shape[0], args, (0, 1, 2))
+    kernel(arr.reshape(u.shape[0], -1) if rows else arr, scale, g.reshape(u.shape[0], -1) if rows else g)
     return out
 
 

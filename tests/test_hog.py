@@ -13,7 +13,6 @@ import torch
 
 from helpers import eval_image_paths, seeded_noise, step_edge, vlfeat_hog
 from preimage import compiled
-from preimage.objective import alpha_norm, total_variation
 from preimage.representations.glyph import hog_glyph
 from preimage.representations import get_representation
 from preimage.representations.hog import HOG
@@ -309,23 +308,6 @@ def test_compiled_equals_torch(name, hk):
             grads.append(xi.grad)
         assert (codes[0] - codes[1]).abs().max() <= 1e-6 * codes[0].abs().max().clamp_min(1)
         assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
-
-
-@pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the compiled HOG loops need it)")
-@pytest.mark.parametrize("bilinear", [False, True], ids=["hog", "hogb"])
-def test_compiled_threads_split_the_batch(bilinear):
-    """With several torch threads the loops run samples on several threads: the same codes and
-    gradients, bit for bit (each sample is computed alone either way), batch of 3 over 2 threads."""
-    x = seeded_noise((3, 3, 35, 29), 1, scale=255).float()
-    results = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        xi = x.clone().requires_grad_(True)
-        code = HOG(bilinear=bilinear)(xi)
-        (code.square().sum() + alpha_norm(xi).sum() * 1e-12 + total_variation(xi).sum() * 1e-6).backward()
-        results.append((code.detach(), xi.grad))
-    torch.set_num_threads(1)
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the compiled HOG loops need it)")

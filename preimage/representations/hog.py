@@ -351,10 +351,9 @@ def _compiled_cells(x: torch.Tensor, n: int, bilinear: bool, lay: _Layout):
     :func:`_compiled_cells_backward` (numpy arrays)."""
     B, _, H, W = x.shape
     cells = torch.zeros((B, 2 * n, lay.h + 2, lay.w + 2), dtype=x.dtype)
-    assign = np.empty((B, 3, H - 2, W - 2), np.int16)
-    w1 = np.empty((B, H - 2, W - 2) if bilinear else (B, 1, 1), lay.axis_y.dtype)
-    args = (x.numpy(), *_kernel_arrays(n, lay), bilinear, cells.numpy(), assign, w1)
-    compiled.run_batched(compiled_kernels(force=True).cells_forward, B, args, (0, 9, 10, 11))
+    assign = np.empty((3, B, H - 2, W - 2), np.int16)
+    w1 = np.empty((B, H - 2, W - 2) if bilinear else (1, 1, 1), lay.axis_y.dtype)
+    compiled_kernels(force=True).cells_forward(x.numpy(), *_kernel_arrays(n, lay), bilinear, cells.numpy(), assign, w1)
     return cells, assign, w1
 
 
@@ -364,8 +363,8 @@ def _compiled_cells_backward(x: torch.Tensor, n: int, bilinear: bool, lay: _Layo
     (contiguous; zero on the padding)."""
     grad = torch.zeros_like(x)
     consts, first_y, first_x, wy, wx = _kernel_arrays(n, lay)[2:]
-    args = (x.numpy(), consts, first_y, first_x, wy, wx, bilinear, assign, w1, grad_cells.numpy(), grad.numpy())
-    compiled.run_batched(compiled_kernels(force=True).cells_backward, x.shape[0], args, (0, 7, 8, 9, 10))
+    compiled_kernels(force=True).cells_backward(x.numpy(), consts, first_y, first_x, wy, wx, bilinear, assign, w1,
+                                                grad_cells.numpy(), grad.numpy())
     return grad
 
 
@@ -406,8 +405,7 @@ class _CompiledUoCTTI(torch.autograd.Function):
         cells, ctx.assign, ctx.w1 = _compiled_cells(x, n, bilinear, lay)
         norm = np.array([0.2, 0.5, 1e-4, 1.0], dtype=cells.numpy().dtype)
         out = torch.empty((x.shape[0], 3 * n, lay.h, lay.w), dtype=x.dtype)
-        compiled.run_batched(compiled_kernels(force=True).uoctti_forward, x.shape[0],
-                             (cells.numpy(), norm, out.numpy()), (0, 2))
+        compiled_kernels(force=True).uoctti_forward(cells.numpy(), norm, out.numpy())
         ctx.n, ctx.bilinear, ctx.lay, ctx.norm = n, bilinear, lay, norm
         ctx.save_for_backward(x, cells)
         return out
@@ -417,8 +415,8 @@ class _CompiledUoCTTI(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, cells = ctx.saved_tensors
         grad_cells = torch.zeros_like(cells)
-        compiled.run_batched(compiled_kernels(force=True).uoctti_backward, x.shape[0],
-                             (cells.numpy(), ctx.norm, grad_out.contiguous().numpy(), grad_cells.numpy()), (0, 2, 3))
+        compiled_kernels(force=True).uoctti_backward(cells.numpy(), ctx.norm, grad_out.contiguous().numpy(),
+                                           grad_cells.numpy())
         grad = _compiled_cells_backward(x, ctx.n, ctx.bilinear, ctx.lay, ctx.assign, ctx.w1, grad_cells)
         return grad, None, None, None
 

@@ -117,8 +117,8 @@ def _pixels_row(x, b, y, cos, sin, consts, bilinear, buf, ibuf):
 def cells_forward(x, cos, sin, consts, first_y, first_x, wy, wx, bilinear, cells, assign, w1s):
     """Scatter every interior pixel's gradient magnitude into ``cells`` (see the module): along
     its row into two cells (``wx``), then each row's histograms into two cell rows (``wy``). Keeps
-    each pixel's assignment for the backward pass: ``assign`` ``(B, 3, H−2, W−2)`` int16 (bin0,
-    and for HOGb bin1 and tr), ``w1s`` ``(B, H−2, W−2)`` (HOGb's w1; unused otherwise)."""
+    each pixel's assignment for the backward pass: ``assign`` ``(3, B, H−2, W−2)`` int16 (bin0,
+    and for HOGb bin1 and tr), ``w1s`` ``(B, H−2, W−2)`` (HOGb's w1)."""
     B, _, H, W = x.shape
     buf = np.zeros((5, W - 2), x.dtype)
     ibuf = np.zeros((5, W - 2), np.int32)
@@ -135,13 +135,13 @@ def cells_forward(x, cos, sin, consts, first_y, first_x, wy, wx, bilinear, cells
                 src, at = (mag * (one - w1) if bilinear else mag), k * span + first_x[j]
                 flat[at] += src * wx[0, j]
                 flat[at + 1] += src * wx[1, j]
-                assign[b, 0, i, j] = k
+                assign[0, b, i, j] = k
                 if bilinear:
                     src, k = mag * w1, ibuf[3, j]
                     at = k * span + first_x[j]
                     flat[at] += src * wx[0, j]
                     flat[at + 1] += src * wx[1, j]
-                    assign[b, 1, i, j], assign[b, 2, i, j], w1s[b, i, j] = k, ibuf[4, j], w1
+                    assign[1, b, i, j], assign[2, b, i, j], w1s[b, i, j] = k, ibuf[4, j], w1
             ry = first_y[i]
             for k in range(row.shape[0]):
                 for c in range(span):
@@ -175,14 +175,14 @@ def cells_backward(x, consts, first_y, first_x, wy, wx, bilinear, assign, w1s, c
                 gx, gy, mag = buf[0, j], buf[1, j], math.sqrt(buf[2, j])
                 if not mag > zero:
                     continue  # no gradient: no derivative (as the torch version)
-                at = assign[b, 0, i, j] * span + first_x[j]
+                at = assign[0, b, i, j] * span + first_x[j]
                 g0 = flat[at] * wx[0, j] + flat[at + 1] * wx[1, j]
                 inv = one / mag
                 if bilinear:
-                    at = assign[b, 1, i, j] * span + first_x[j]
+                    at = assign[1, b, i, j] * span + first_x[j]
                     diff = flat[at] * wx[0, j] + flat[at + 1] * wx[1, j] - g0
                     a = (g0 + w1s[b, i, j] * diff) * inv
-                    rot = diff * (consts[0] if assign[b, 2, i, j] else -consts[0]) * inv  # d loss/d angle / |g|
+                    rot = diff * (consts[0] if assign[2, b, i, j] else -consts[0]) * inv  # d loss/d angle / |g|
                     ggx, ggy = a * gx - rot * gy, a * gy + rot * gx
                 else:
                     a = g0 * inv
