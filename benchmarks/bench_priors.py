@@ -316,10 +316,16 @@ def cost_key(m: Method) -> tuple:
 
 
 def _per_iteration(rep: CNNLayer, x: torch.Tensor, m: Method, a: int, b: int) -> tuple[float, float]:
-    """``(CPU s per iteration, fixed CPU s)`` of ``m`` on ``x`` from two runs of ``a`` < ``b`` steps."""
+    """``(CPU s per iteration, fixed CPU s)`` of ``m`` on ``x`` from two runs of ``a`` < ``b`` steps.
+    When the longer run was not the slower one (timing noise larger than ``b − a`` iterations, as
+    with the few iterations of ``--quick``), the fixed cost cannot be told apart: all of ``b``'s
+    time is counted per iteration (a near-zero difference would otherwise give a near-zero cost
+    and tens of thousands of iterations to the method matched against it)."""
     ta = timed(rep, x, m, a)[2]
     tb = timed(rep, x, m, b)[2]
-    per = max((tb - ta) / (b - a), 1e-6)
+    if tb <= ta:
+        return tb / b, 0.0
+    per = (tb - ta) / (b - a)
     return per, max(ta - a * per, 0.0)
 
 

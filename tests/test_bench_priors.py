@@ -78,6 +78,21 @@ def _row(block, method, err, ssim):
             "seconds_per_inversion": 1.0, "cpu_seconds_per_inversion": 1.0}
 
 
+def test_noise_larger_than_the_difference_counts_all_time_per_iteration(bp, monkeypatch):
+    """A longer timed run that came out no slower (noise at --quick's 1 and 2 iterations) gives a
+    per-iteration cost from the longer run alone, not the 1e-6 floor that made the matched method
+    run 39,339 iterations."""
+    times = {("paper", 1): 0.30, ("paper", 2): 0.29, ("fourier", 1): 0.5, ("fourier", 2): 0.9}
+
+    def timed(rep, x, m, k):
+        return None, 99.0, times[(m.base, k)]
+
+    monkeypatch.setattr(bp, "timed", timed)
+    plan = bp.iterations_for(None, None, bp.parse_method("fourier"), 4, (1, 2), rounds=1)
+    assert plan["cost_ratio"] == pytest.approx(0.4 / 0.145)
+    assert plan["iterations"] == int((4 + 0.0 - 0.1 / 0.145) // (0.4 / 0.145))
+
+
 def test_report_counts_wins(bp):
     rows = [_row("a", "paper", 0.5, 0.2), _row("a", "lucent", 0.3, 0.3), _row("a", "fourier", 0.2, 0.35),
             _row("b", "paper", 0.5, 0.2), _row("b", "lucent", 0.3, 0.3), _row("b", "fourier", 0.4, 0.35),
