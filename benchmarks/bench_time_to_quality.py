@@ -301,12 +301,16 @@ def methods_for(case: Case, wanted: list[str]) -> list[str]:
     return [m for m in wanted if m != own and (m not in (SHALLOW_ONLY if case.cnn else CNN_ONLY))]
 
 
+def execution(method: str):
+    """The context ``method`` runs in: today's default (:data:`TODAY`) without the compiled loops."""
+    return compiled.disabled() if method in TODAY.values() else nullcontext()
+
+
 def run_once(case: Case, method: str, x: torch.Tensor, args, cnnvis_lr: float | None) -> dict:
     """One timed inversion of the batch ``x``: its tracker, net times, final errors, back-offs,
     iterations and counted passes."""
     tracker, rep = Tracker(), case.rep_for(method)
-    plain = compiled.disabled() if method in TODAY.values() else nullcontext()
-    with plain, tracking(tracker), counting_passes(rep) as passes, warnings.catch_warnings():
+    with execution(method), tracking(tracker), counting_passes(rep) as passes, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tracker.start()
         if method.startswith("cnnvis"):
@@ -472,8 +476,7 @@ def warm_up(case: Case, methods: list[str], args) -> None:
     for m in methods:
         if m.startswith("cnnvis"):
             continue
-        plain = compiled.disabled() if m in TODAY.values() else nullcontext()
-        with plain, warnings.catch_warnings():
+        with execution(m), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             invert(case.rep_for(m), case.images[:1], progress=False, **dict(method_options(m, args), iterations=2))
 
