@@ -119,9 +119,6 @@ class _Layout:
         cy, wy = _axis_weights(height, cell)
         cx, wx = _axis_weights(width, cell)
         self._pixel = torch.as_tensor(((cy[:, None] + 1) * (w + 2) + cx[None, :] + 1).reshape(-1), device=device)
-        self.first_y, self.first_x = cy + 1, cx + 1  # numpy int64: first cells in the padded grid
-        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-        self.axis_y, self.axis_x = wy.astype(np_dtype), wx.astype(np_dtype)  # (2, H−2), (2, W−2)
         self.weights = torch.as_tensor((wy[:, None, :, None] * wx[None, :, None, :]).reshape(4, height - 2, width - 2),
                                        dtype=dtype, device=device)
         ang = np.arange(n) * math.pi / n
@@ -139,6 +136,11 @@ class _Layout:
                                         dtype=dtype, device=device)
         self._base = torch.zeros(0, dtype=torch.int32, device=device)
         self.index_dtype = torch.int32
+        # what the compiled loops read (numpy, this dtype): cos, sin (n,), consts (n/π, 1e-10), the
+        # first cells in the padded grid (int64) and the bilinear weights along y, x (2, H−2), (2, W−2)
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        self.kernel_arrays = (cos.astype(np_dtype), sin.astype(np_dtype), np.array([n / math.pi, 1e-10], np_dtype),
+                              cy + 1, cx + 1, wy.astype(np_dtype), wx.astype(np_dtype))
 
     def base(self, batch: int) -> torch.Tensor:
         """``(batch·N,)`` flat first-cell positions of every pixel of ``batch`` samples (bin 0)."""
@@ -334,26 +336,15 @@ def compiled_kernels(force: bool = False):
 KERNELS = ("auto", "compiled", "torch")
 
 
-def _kernel_arrays(n: int, lay: _Layout):
-    """The per-size arrays the compiled loops read: ``cos``, ``sin`` ``(n,)``, ``consts`` (n/π,
-    1e-10), the first cells and the bilinear weights along y and x (numpy, the layout's dtype;
-    made once per layout)."""
-    if getattr(lay, "kernel_arrays", None) is None:
-        consts = np.array([n / math.pi, 1e-10], dtype=lay.axis_y.dtype)
-        cos, sin = lay.directed[0, :n].contiguous().numpy(), lay.directed[1, :n].contiguous().numpy()
-        lay.kernel_arrays = (cos, sin, consts, lay.first_y, lay.first_x, lay.axis_y, lay.axis_x)
-    return lay.kernel_arrays
-
-
 def _compiled_cells(x: torch.Tensor, n: int, bilinear: bool, lay: _Layout):
     """``(cells, assign, w1)``: the padded directed cell histograms ``(B, 2n, h+2, w+2)`` of ``x``
     ``(B, C, H, W)`` (contiguous, CPU), zero on the padding, and each pixel's assignment for
     :func:`_compiled_cells_backward` (numpy arrays)."""
     B, _, H, W = x.shape
     cells = torch.zeros((B, 2 * n, lay.h + 2, lay.w + 2), dtype=x.dtype)
-    assign = np.empty((3, B, H - 2, W - 2), np.int16)
-    w1 = np.empty((B, H - 2, W - 2) if bilinear else (1, 1, 1), lay.axis_y.dtype)
-    compiled_kernels(force=True).cells_forward(x.numpy(), *_kernel_arrays(n, lay), bilinear, cells.numpy(), assign, w1)
+    assign = np.empty((3 if bilinear else 1, B, H - 2, W - 2), np.int16)  # HOGb's bin1 and tr: rows 1, 2
+    w1 = np.empty((B, H - 2, W - 2) if bilinear else (1, 1, 1), x.numpy().dtype)
+    compiled_kernels(force=True).cells_forward(x.numpy(), *lay.kernel_arrays, bilinear, cells.numpy(), assign, w1)
     return cells, assign, w1
 
 
@@ -362,7 +353,7 @@ def _compiled_cells_backward(x: torch.Tensor, n: int, bilinear: bool, lay: _Layo
     """d loss / d ``x`` ``(B, C, H, W)`` from d loss / d the padded cells ``(B, 2n, h+2, w+2)``
     (contiguous; zero on the padding)."""
     grad = torch.zeros_like(x)
-    consts, first_y, first_x, wy, wx = _kernel_arrays(n, lay)[2:]
+    consts, first_y, first_x, wy, wx = lay.kernel_arrays[2:]
     compiled_kernels(force=True).cells_backward(x.numpy(), consts, first_y, first_x, wy, wx, bilinear, assign, w1,
                                                 grad_cells.numpy(), grad.numpy())
     return grad

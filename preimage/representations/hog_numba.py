@@ -118,7 +118,7 @@ def cells_forward(x, cos, sin, consts, first_y, first_x, wy, wx, bilinear, cells
     """Scatter every interior pixel's gradient magnitude into ``cells`` (see the module): along
     its row into two cells (``wx``), then each row's histograms into two cell rows (``wy``). Keeps
     each pixel's assignment for the backward pass: ``assign`` ``(3, B, H−2, W−2)`` int16 (bin0,
-    and for HOGb bin1 and tr), ``w1s`` ``(B, H−2, W−2)`` (HOGb's w1)."""
+    and for HOGb bin1 and tr; ``(1, B, …)`` without it), ``w1s`` ``(B, H−2, W−2)`` (HOGb's w1)."""
     B, _, H, W = x.shape
     buf = np.zeros((5, W - 2), x.dtype)
     ibuf = np.zeros((5, W - 2), np.int32)
