@@ -22,6 +22,10 @@ from preimage.serve.local import LocalServer  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HOG = {"sample": "astronaut", "representation": "hog", "max_side": 48, "iterations": 20}
+#: A run that is still going when a test cancels it or hangs up: the largest side and iterations
+#: the server allows (at 48 px, 2000 compiled HOG iterations can end in about 2 s, before the
+#: disconnect is noticed on a loaded machine).
+LONG = {**HOG, "max_side": 512, "iterations": 2000}
 
 
 def png_bytes(h: int = 40, w: int = 56, seed: int = 0, **save) -> bytes:
@@ -138,7 +142,7 @@ def test_docs_page_works_offline(server):
 
 
 def test_cancel_a_running_job(server):
-    status, body = server.json("POST", "/api/runs", {**HOG, "iterations": 2000, "persistent": True})
+    status, body = server.json("POST", "/api/runs", {**LONG, "persistent": True})
     assert status == 202
     run_id = body["id"]
     events = server.events(run_id)
@@ -151,7 +155,7 @@ def test_cancel_a_running_job(server):
 
 
 def test_disconnect_cancels_unless_persistent(server):
-    status, body = server.json("POST", "/api/runs", {**HOG, "iterations": 2000})
+    status, body = server.json("POST", "/api/runs", LONG)
     run_id = body["id"]
     assert [e for e, _, _ in server.events(run_id, stop_after=2)][-1] == "progress"  # then hang up
     for _ in range(100):
@@ -164,7 +168,7 @@ def test_disconnect_cancels_unless_persistent(server):
 def test_queue_full_gets_429_and_nothing_is_lost(server):
     ids, refused = [], 0
     for _ in range(6):  # one worker + a queue of 2
-        status, body = server.json("POST", "/api/runs", {**HOG, "iterations": 2000, "persistent": True})
+        status, body = server.json("POST", "/api/runs", {**LONG, "persistent": True})
         if status == 429:
             refused += 1
             assert "busy" in body["detail"]
